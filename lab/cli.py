@@ -1,0 +1,304 @@
+"""`ganeti-lab`: a thin command-line front over the library (every verb is a library call)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from lab import snapshots, topology
+from lab.errors import LabError
+from lab.images import ImageStore, build_images
+from lab.images.recipe import recipes
+from lab.images.store import unregister_box, vagrant_boxes
+from lab.leases import LeaseBook
+from lab.machines import Lab, destroy, destroy_stale
+from lab.progress import Steps
+
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+EPILOG = """\
+A lab is 1 service box + N hypervisors described by a TOML topology (default: ./lab.toml, else
+the built-in `default` profile; built-ins: %(profiles)s). Typical session:
+
+  sudo ganeti-lab images build        # once: bake the boxes (cached by content)
+  ganeti-lab up                       # boot the default lab (keeps running)
+  ganeti-lab cluster init             # form its Ganeti cluster(s), verified
+  ganeti-lab ssh node1 -- gnt-cluster verify
+  ganeti-lab snapshot save clean      # ... break things ...
+  ganeti-lab snapshot restore clean   # back in seconds
+  ganeti-lab destroy default
+"""
+
+
+def _lab_name(args: argparse.Namespace) -> str:
+    if getattr(args, "name", None):
+        return str(args.name)
+    labs = sorted(LeaseBook().all())
+    if len(labs) == 1:
+        return labs[0]
+    if not labs:
+        raise LabError("no lab is running on this host", "bring one up with `ganeti-lab up`")
+    raise LabError(f"several labs are running ({', '.join(labs)})", "pick one with --name")
+
+
+# images ---------------------------------------------------------------------------------------
+
+
+def cmd_images_build(args: argparse.Namespace) -> int:
+    store = ImageStore(args.cache_dir)
+    images = build_images(store, tuple(args.role) if args.role else ("hypervisor", "service"),
+                          force=args.force)
+    for role, image in images.items():
+        console.print(f"{role}: {image.box_name}  ({image.size_bytes / 2**30:.2f} GiB)")
+    return 0
+
+
+def cmd_images_list(args: argparse.Namespace) -> int:
+    store = ImageStore(args.cache_dir)
+    current = {name: r.key() for name, r in recipes().items()}
+    boxes = vagrant_boxes()
+    table = Table("image", "key", "size", "built", "ganeti", "current", "vagrant box")
+    for image in store.images():
+        versions = image.manifest.get("ganeti_versions", {})
+        ganeti = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()) if
+                           k in ("ganeti", "ganeti-3.0", "ganeti-3.1")) or "-"
+        repo = [d for d in image.manifest.get("repo", []) if d.startswith("ganeti")]
+        if repo:
+            ganeti += f" (serves {len(repo)} ganeti debs)"
+        table.add_row(image.role, image.key, f"{image.size_bytes / 2**30:.2f} GiB",
+                      image.manifest.get("built_at", "?"), ganeti,
+                      "yes" if current.get(image.role) == image.key else "stale",
+                      "added" if image.role == "base" or image.box_name in boxes else "-")
+    console.print(table)
+    return 0
+
+
+def cmd_images_prune(args: argparse.Namespace) -> int:
+    store = ImageStore(args.cache_dir)
+    keep = {(name, r.key()) for name, r in recipes().items()}
+    with store.lock():
+        removed = store.prune(keep)
+    current_boxes = {f"ganeti-lab-{n}-{k}" for n, k in keep}
+    for box in sorted(vagrant_boxes()):
+        if box.startswith("ganeti-lab-") and box not in current_boxes:
+            unregister_box(box)
+            console.print(f"removed Vagrant box {box}")
+    for path in removed:
+        console.print(f"removed {path}")
+    console.print(f"kept the current images ({len(keep)}).")
+    return 0
+
+
+# lifecycle ------------------------------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    topo = topology.load(args.topology)
+    lab = Lab.prepare(topo, args.name)
+    lab.keep()
+    plan_path = lab.dir / "lab.json"
+    if args.print_plan:
+        print(plan_path)
+    else:
+        env = lab.vagrant_env()
+        for key in ("VAGRANT_CWD", "VAGRANT_DOTFILE_PATH", "GANETI_LAB_PLAN",
+                    "VAGRANT_DEFAULT_PROVIDER"):
+            print(f"export {key}={env[key]}")
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    topo = topology.load(args.topology)
+    lab = Lab.prepare(topo, args.name)
+    console.print(f"lab {lab.name}: accelerator {lab.accelerator}")
+    lab.up(Steps(f"lab {lab.name}"))
+    lab.keep()
+    _print_status(lab)
+    console.print(f"lab {lab.name} is up; `ganeti-lab ssh node1 --name {lab.name}`, "
+                  f"`ganeti-lab destroy {lab.name}` when done.")
+    return 0
+
+
+def _print_status(lab: Lab) -> None:
+    status = lab.status()
+    table = Table("machine", "role", "state", "management IP", "lab IP", "console log",
+                  title=f"lab {lab.name} ({status['accelerator']})")
+    for m in status["machines"]:
+        table.add_row(m["name"], m["role"], m["state"], m["mgmt_ip"], m["lab_ip"],
+                      m["console"])
+    console.print(table)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    names = [args.name] if args.name else sorted(LeaseBook().all())
+    if not names:
+        console.print("no labs on this host")
+    for name in names:
+        lab = Lab.attach(name)
+        if args.json:
+            print(json.dumps(lab.status(), indent=2))
+        else:
+            _print_status(lab)
+            snaps = snapshots.list_snapshots(lab)
+            if snaps:
+                console.print("snapshots: " + ", ".join(s.name for s in snaps))
+    return 0
+
+
+def cmd_ssh(args: argparse.Namespace) -> int:
+    lab = Lab.attach(_lab_name(args))
+    m = lab.plan.machine(args.node) if args.node in {x.name for x in lab.plan.machines} \
+        else None
+    if m is None:
+        raise LabError(f"lab {lab.name} has no machine {args.node!r}",
+                       f"choose one of: {', '.join(x.name for x in lab.plan.machines)}")
+    argv = ["ssh", "-i", lab.plan.key, "-o", f"UserKnownHostsFile={lab.dir / 'known_hosts'}",
+            "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR",
+            f"root@{m.mgmt_ip}", *_strip_dashes(args.remote_command)]
+    os.execvp("ssh", argv)
+    return 0
+
+
+def _strip_dashes(words: list[str]) -> list[str]:
+    return words[1:] if words[:1] == ["--"] else words
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    lab = Lab.attach(_lab_name(args))
+    if args.action == "list":
+        table = Table("snapshot", "created", "seconds", "meta")
+        for s in snapshots.list_snapshots(lab):
+            table.add_row(s.name, s.created, f"{s.seconds:.2f}", json.dumps(s.meta))
+        console.print(table)
+        return 0
+    if not args.snapshot:
+        raise LabError(f"`snapshot {args.action}` needs a snapshot name", "add NAME")
+    if args.action == "save":
+        snap = snapshots.save(lab, args.snapshot)
+        console.print(f"saved {snap.name} in {snap.seconds:.2f} s")
+    elif args.action == "restore":
+        import time
+
+        started = time.monotonic()
+        snapshots.restore(lab, args.snapshot)
+        console.print(f"restored {args.snapshot}; every machine answers "
+                      f"({time.monotonic() - started:.2f} s)")
+    elif args.action == "delete":
+        snapshots.delete(lab, args.snapshot)
+        console.print(f"deleted {args.snapshot}")
+    return 0
+
+
+def cmd_destroy(args: argparse.Namespace) -> int:
+    if args.stale:
+        removed = destroy_stale()
+        for lab, objects in removed.items():
+            console.print(f"{lab}: removed {objects}")
+        if not removed:
+            console.print("nothing stale")
+        return 0
+    if not args.lab:
+        raise LabError("which lab?", "give a lab name, or --stale for labs of dead runs")
+    for name in args.lab:
+        objects = destroy(name)
+        console.print(f"lab {name}: removed {objects}")
+    return 0
+
+
+# parser ---------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ganeti-lab", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Real Ganeti test labs on Vagrant + libvirt: images, lifecycle, snapshots, "
+                    "clusters, scenarios and timing reports.",
+        epilog=EPILOG % {"profiles": ", ".join(topology.profiles())})
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    images = sub.add_parser("images", help="build, list and prune the cached lab images")
+    isub = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
+    for name, fn, text in (("build", cmd_images_build, "build what is missing (needs root)"),
+                           ("list", cmd_images_list, "show cached images and their keys"),
+                           ("prune", cmd_images_prune, "remove images and boxes not current")):
+        sp = isub.add_parser(name, help=text)
+        sp.add_argument("--cache-dir", type=Path, default=None,
+                        help="image cache (default: $GANETI_LAB_CACHE or ~/.cache/ganeti-lab)")
+        sp.set_defaults(fn=fn)
+        if name == "build":
+            sp.add_argument("--role", action="append", choices=["hypervisor", "service"])
+            sp.add_argument("--force", action="store_true", help="rebuild the role images")
+
+    def lab_opts(sp: argparse.ArgumentParser, topo: bool = False) -> None:
+        sp.add_argument("--name", help="lab name (default: the topology's, or the only lab)")
+        if topo:
+            sp.add_argument("--topology", help="TOML file or built-in profile name")
+
+    sp = sub.add_parser("prepare", help="lease subnets and write the plan (for plain vagrant)")
+    lab_opts(sp, topo=True)
+    sp.add_argument("--print-plan", action="store_true", help="print the plan file's path")
+    sp.set_defaults(fn=cmd_prepare)
+
+    sp = sub.add_parser("up", help="boot a lab (all machines in parallel) and keep it")
+    lab_opts(sp, topo=True)
+    sp.set_defaults(fn=cmd_up)
+
+    sp = sub.add_parser("status", help="machines, states, addresses and snapshots of labs")
+    lab_opts(sp)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_status)
+
+    sp = sub.add_parser("ssh", help="log in to a machine, or run a command: ssh NODE -- CMD")
+    lab_opts(sp)
+    sp.add_argument("node")
+    sp.add_argument("remote_command", nargs=argparse.REMAINDER, metavar="-- CMD")
+    sp.set_defaults(fn=cmd_ssh)
+
+    sp = sub.add_parser("snapshot", help="save/restore/list/delete whole-lab snapshots")
+    lab_opts(sp)
+    sp.add_argument("action", choices=["save", "restore", "list", "delete"])
+    sp.add_argument("snapshot", nargs="?")
+    sp.set_defaults(fn=cmd_snapshot)
+
+    sp = sub.add_parser("destroy", help="remove labs and everything they created")
+    sp.add_argument("lab", nargs="*", help="lab name(s)")
+    sp.add_argument("--stale", action="store_true",
+                    help="remove labs whose owner process is gone, and orphaned objects")
+    sp.set_defaults(fn=cmd_destroy)
+
+    _extra_commands(sub)
+    return p
+
+
+def _extra_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Commands of the upper layers (clusters, runs, reports, benchmark)."""
+    from lab import cli_more
+
+    cli_more.register(sub)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("paramiko", "urllib3", "matplotlib", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.fn(args) or 0)
+    except LabError as exc:
+        console.print(f"[red]error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""CLI commands of the upper layers: clusters, the main job, reports and the benchmark."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from lab import report
+from lab.ganeti.bootstrap import ensure_layout
+from lab.machines import Lab
+from lab.timings import Timings, new_run_id
+
+console = Console(soft_wrap=True)
+
+
+def cmd_cluster_init(args: argparse.Namespace) -> int:
+    from lab.cli import _lab_name
+
+    lab = Lab.attach(_lab_name(args))
+    run_id = new_run_id()
+    timings = Timings(Path(args.runs) / run_id, run_id)
+    clusters = ensure_layout(lab, args.layout, timings)
+    timings.write()
+    for name, c in clusters.items():
+        info = c.rapi.info()
+        console.print(f"cluster {name}: {info['name']} master {info['master']}, "
+                      f"RAPI https://{c.plan.ip}:5080 (CA {c.state_dir / 'rapi-ca.pem'}, "
+                      f"user/password in {c.state_dir / 'rapi.json'})")
+    console.print(f"timings: {timings.path}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The main job: images if needed, the lab, every scenario, timings and report."""
+    import pytest
+
+    run_id = new_run_id()
+    os.environ["GANETI_LAB_RUN_ID"] = run_id
+    argv = [args.scenarios, f"--lab-profile={args.profile}", f"--lab-keep={args.keep}",
+            f"--lab-runs={args.runs}", "-p", "no:cacheprovider", "-v"]
+    if args.topology:
+        argv.append(f"--lab-topology={args.topology}")
+    if args.name:
+        argv.append(f"--lab-name={args.name}")
+    if args.reuse:
+        argv.append("--lab-reuse")
+    argv += args.pytest_args
+    code = int(pytest.main(argv))
+    console.print(f"run {run_id}: {Path(args.runs) / run_id}")
+    return code
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    dirs = [Path(d) for d in args.run_dirs] or [Path(args.runs)]
+    out = report.render(dirs, Path(args.output) if args.output else None)
+    console.print(f"report: {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from lab.bench import run_bench
+
+    document = run_bench(args)
+    text = json.dumps(document, indent=2)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    sys.stdout.write(text + "\n")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    sp = sub.add_parser("cluster", help="form the lab's Ganeti clusters (a layout), verified")
+    csub = sp.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    init = csub.add_parser("init", help="form LAYOUT (default: the topology's), snapshot it")
+    init.add_argument("--name", help="lab name")
+    init.add_argument("--layout", help="layout of the topology (e.g. one-cluster)")
+    init.add_argument("--runs", default="runs", help="where the timings record goes")
+    init.set_defaults(fn=cmd_cluster_init)
+
+    sp = sub.add_parser("run", help="main job: images, lab, all scenarios, timings + report")
+    sp.add_argument("--topology", help="TOML file or built-in profile")
+    sp.add_argument("--name", help="lab name")
+    sp.add_argument("--profile", choices=("small", "full"), default="full",
+                    help="scenario sizes (default full; CI runs small)")
+    sp.add_argument("--keep", choices=("always", "failed", "never"), default="failed")
+    sp.add_argument("--reuse", action="store_true", help="reuse a running lab of that name")
+    sp.add_argument("--runs", default="runs", help="directory of run records")
+    sp.add_argument("--scenarios", default="scenarios", help="scenario directory or file")
+    sp.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("report", help="HTML report (table, timeline, trends) of run(s)")
+    sp.add_argument("run_dirs", nargs="*", help="run directories (default: all under --runs)")
+    sp.add_argument("--runs", default="runs")
+    sp.add_argument("--output", help="report.html path (default: in the newest run)")
+    sp.set_defaults(fn=cmd_report)
+
+    sp = sub.add_parser("bench", help="benchmark: image build, bring-up, reset, baseline; JSON")
+    sp.add_argument("--output", help="also write the JSON document to this file")
+    sp.add_argument("--smallest", action="store_true",
+                    help="smoke settings: tiny lab only, no scaling, no baseline")
+    sp.add_argument("--skip-cold-build", action="store_true",
+                    help="do not rebuild images from a cold cache")
+    sp.add_argument("--skip-baseline", action="store_true")
+    sp.add_argument("--skip-scaling", action="store_true")
+    sp.set_defaults(fn=cmd_bench)
+
+

@@ -1,0 +1,34 @@
+"""Error types shared by every layer. Each names the thing that failed and how to fix it."""
+
+from __future__ import annotations
+
+
+class LabError(Exception):
+    """A harness error (as opposed to a failed assertion in a scenario).
+
+    ``hint`` tells the user what to do about it; it is appended to the message.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        self.hint = hint
+        super().__init__(f"{message}\n  fix: {hint}" if hint else message)
+
+
+class CommandFailed(LabError):
+    """A command on the host or on a lab machine exited non-zero (or timed out)."""
+
+    def __init__(
+        self,
+        where: str,
+        command: str,
+        returncode: int | None,
+        output_tail: str,
+        hint: str | None = None,
+    ) -> None:
+        self.where = where
+        self.command = command
+        self.returncode = returncode
+        self.output_tail = output_tail
+        status = "timed out" if returncode is None else f"exited {returncode}"
+        tail = "\n".join("    " + line for line in output_tail.splitlines())
+        super().__init__(f"{where}: `{command}` {status}; output tail:\n{tail}", hint)

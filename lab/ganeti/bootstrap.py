@@ -1,0 +1,253 @@
+"""Turn a booted lab into verified Ganeti clusters, following the topology's layout.
+
+Every step is a timed phase (init, each node add, RAPI, verify). Clusters of one layout are
+formed at the same time, each from its own master. A layout is formed on a lab with no cluster
+yet: switch layouts by restoring the "booted" lab snapshot (see ``ensure_layout``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from lab import snapshots
+from lab.errors import LabError
+from lab.ganeti import gnt
+from lab.ganeti.certs import rapi_certificate
+from lab.ganeti.cluster import RAPI_USER, Cluster
+from lab.ganeti.rapi import RapiError
+from lab.remote import Machine
+from lab.settle import SHARED_MOUNT
+from lab.timings import Phase, Timings, maybe_phase
+
+if TYPE_CHECKING:
+    from lab.machines import Lab
+    from lab.spec import ClusterPlan
+
+log = logging.getLogger("lab.ganeti")
+
+BOOTED_SNAPSHOT = "booted"
+RAPI_PEM_UPLOAD = "/root/lab-rapi.pem"
+FILE_STORAGE = "/srv/ganeti/file-storage"
+# Small instances keep CI short; bounds still allow production-sized ones.
+IPOLICY_BOUNDS = ("min:disk-size=64,cpu-count=1,disk-count=1,memory-size=32,nic-count=1,"
+                  "spindle-use=1/max:disk-size=1048576,cpu-count=8,disk-count=16,"
+                  "memory-size=32768,nic-count=8,spindle-use=12")
+
+
+class ClusterError(LabError):
+    pass
+
+
+def layout_snapshot(layout: str) -> str:
+    return f"cluster-{layout}"
+
+
+def current_layout(lab: Lab) -> str | None:
+    path = lab.dir / "layout"
+    return path.read_text().strip() or None if path.exists() else None
+
+
+def clusters_of(lab: Lab, layout: str | None = None) -> dict[str, Cluster]:
+    layout = layout or current_layout(lab) or lab.plan.default_layout
+    return {cp.name: Cluster(lab, cp) for cp in lab.plan.layouts[layout]}
+
+
+def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None = None
+                  ) -> dict[str, Cluster]:
+    """Make ``layout`` the lab's live layout the fastest way available:
+    nothing (already live), restore its snapshot, or restore "booted" and bootstrap it."""
+    layout = layout or lab.plan.default_layout
+    if layout not in lab.plan.layouts:
+        raise LabError(f"lab {lab.name} has no layout {layout!r}",
+                       f"choose one of: {', '.join(lab.plan.layouts)}")
+    if current_layout(lab) == layout:
+        return clusters_of(lab, layout)
+    if snapshots.has(lab, layout_snapshot(layout)):
+        with maybe_phase(timings, f"restore snapshot {layout_snapshot(layout)}"):
+            snapshots.restore(lab, layout_snapshot(layout))
+        _set_layout(lab, layout)
+        clusters = clusters_of(lab, layout)
+        for c in clusters.values():
+            wait_rapi(c)
+        return clusters
+    if current_layout(lab) is not None:
+        if not snapshots.has(lab, BOOTED_SNAPSHOT):
+            raise LabError(f"lab {lab.name} runs layout {current_layout(lab)} and has no "
+                           f"{BOOTED_SNAPSHOT!r} snapshot to switch from",
+                           "destroy and bring the lab up again")
+        with maybe_phase(timings, f"restore snapshot {BOOTED_SNAPSHOT}"):
+            snapshots.restore(lab, BOOTED_SNAPSHOT)
+        _set_layout(lab, None)
+    elif not snapshots.has(lab, BOOTED_SNAPSHOT):
+        with maybe_phase(timings, f"save snapshot {BOOTED_SNAPSHOT}"):
+            snapshots.save(lab, BOOTED_SNAPSHOT, meta={"layout": None})
+    clusters = form_layout(lab, layout, timings)
+    with maybe_phase(timings, f"save snapshot {layout_snapshot(layout)}"):
+        snapshots.save(lab, layout_snapshot(layout), meta={"layout": layout})
+    return clusters
+
+
+def _set_layout(lab: Lab, layout: str | None) -> None:
+    (lab.dir / "layout").write_text(layout or "")
+
+
+def form_layout(lab: Lab, layout: str, timings: Timings | None = None) -> dict[str, Cluster]:
+    plans = lab.plan.layouts[layout]
+    with maybe_phase(timings, f"bootstrap layout {layout}") as parent:
+        for cp in plans:
+            master = lab.machine(cp.master.split(".")[0])
+            if master.run("test -e /var/lib/ganeti/config.data").ok:
+                raise ClusterError(
+                    f"{cp.master} already belongs to a cluster; cannot form layout {layout}",
+                    f"restore the {BOOTED_SNAPSHOT!r} snapshot first (ensure_layout does)")
+        with ThreadPoolExecutor(max_workers=len(plans)) as pool:
+            futures = [pool.submit(_bootstrap, lab, cp, timings, parent) for cp in plans]
+        clusters = {f.result().plan.name: f.result() for f in futures}
+    _set_layout(lab, layout)
+    return clusters
+
+
+def _bootstrap(lab: Lab, cp: ClusterPlan, timings: Timings | None,
+               parent: Phase | None) -> Cluster:
+    cluster = Cluster(lab, cp)
+    with maybe_phase(timings, f"cluster {cp.name}", parent=parent):
+        nodes = cluster.nodes
+        with maybe_phase(timings, f"{cp.name}: prepare {len(nodes)} nodes"):
+            password = _rapi_secrets(cluster)
+            lab.on_all(lambda m: _prepare_node(cluster, m, password), nodes)
+        with maybe_phase(timings, f"{cp.name}: gnt-cluster init"):
+            cluster.gnt(_init_command(cluster), timeout=1200)
+        with maybe_phase(timings, f"{cp.name}: RAPI certificate for {cp.fqdn}"):
+            cluster.gnt(f"gnt-cluster renew-crypto -f --rapi-certificate={RAPI_PEM_UPLOAD} "
+                        f"&& rm -f {RAPI_PEM_UPLOAD}", timeout=600)
+        for node in cp.nodes[1:]:
+            with maybe_phase(timings, f"{cp.name}: gnt-node add {node}"):
+                _add_node(cluster, node)
+        with maybe_phase(timings, f"{cp.name}: RAPI on {cp.ip}"):
+            lab.on_all(lambda m: _rapi_on_cluster_ip(cluster, m), nodes)
+            _start_rapi(cluster)
+            wait_rapi(cluster)
+        with maybe_phase(timings, f"{cp.name}: gnt-cluster verify") as phase:
+            result = cluster.verify()
+            if phase is not None:
+                phase.metric("warnings", len(result.warnings))
+                for i, line in enumerate(result.warnings[:10]):
+                    phase.metric(f"warning_{i + 1}", line.strip())
+            if not result.ok:
+                raise ClusterError(
+                    f"gnt-cluster verify of {cp.fqdn} found errors:\n  "
+                    + "\n  ".join(result.errors or result.output.splitlines()[-15:]),
+                    "see the artifacts (gnt-cluster verify, /var/log/ganeti) of this run")
+    log.info("cluster %s is up: %d nodes, clean verify (%d warnings)", cp.fqdn,
+             len(cp.nodes), len(result.warnings))
+    return cluster
+
+
+def _rapi_secrets(cluster: Cluster) -> str:
+    """A random RAPI password and a certificate for the cluster's name and IP, kept in the
+    lab's state directory (0600); the password never reaches a log or an artifact."""
+    state = cluster.state_dir
+    password = secrets.token_urlsafe(24)
+    pem, ca = rapi_certificate(cluster.plan.fqdn, cluster.plan.ip)
+    (state / "rapi-ca.pem").write_text(ca)
+    secret = state / "rapi.json"
+    secret.touch(mode=0o600)
+    secret.write_text(json.dumps({"user": RAPI_USER, "password": password}))
+    (state / "rapi.pem").touch(mode=0o600)
+    (state / "rapi.pem").write_text(pem)
+    cluster.forget_rapi()
+    return password
+
+
+def _prepare_node(cluster: Cluster, m: Machine, password: str) -> None:
+    cp = cluster.plan
+    # Without a cluster the daemons do not run yet (init and node add start them); wait
+    # only until the boot-time ganeti service has run.
+    m.wait_until_succeeds("systemctl is-active ganeti", timeout=300)
+    m.succeed(f"mountpoint -q {SHARED_MOUNT}")
+    # Installed with `gnt-cluster renew-crypto` right after init (init refuses a
+    # /var/lib/ganeti that already holds files); node adds then copy it to candidates.
+    m.write_file(RAPI_PEM_UPLOAD, (cluster.state_dir / "rapi.pem").read_text(), 0o400)
+    ha1 = hashlib.md5(f"{RAPI_USER}:Ganeti Remote API:{password}".encode()).hexdigest()
+    m.succeed("mkdir -p /var/lib/ganeti/rapi")
+    m.write_file("/var/lib/ganeti/rapi/users", f"{RAPI_USER} {{HA1}}{ha1} write\n", 0o640)
+    m.succeed("chown gnt-rapi:gnt-masterd /var/lib/ganeti/rapi/users")
+
+
+def _rapi_on_cluster_ip(cluster: Cluster, m: Machine) -> None:
+    """Debian's default binds RAPI to loopback only; clients come from the lab network.
+    Set after init: the cluster IP exists only once the master has activated it."""
+    m.succeed("sed -i '/^RAPI_ARGS=/d' /etc/default/ganeti && "
+              f"echo 'RAPI_ARGS=\"-b {cluster.plan.ip} --require-authentication\"' "
+              ">> /etc/default/ganeti")
+
+
+def _init_command(cluster: Cluster) -> str:
+    cp = cluster.plan
+    master = cluster.master
+    # Ganeti's kvm hypervisor runs real guests; without /dev/kvm in the node it must emulate.
+    has_kvm = master.run("test -c /dev/kvm && grep -qE 'vmx|svm' /proc/cpuinfo").ok
+    kvm = ["kernel_path=", "kvm_path=/usr/bin/qemu-system-x86_64"]
+    if not has_kvm:
+        kvm.append("kvm_flag=disabled")
+    log.info("%s: kvm hypervisor %s", cp.fqdn,
+             "uses /dev/kvm" if has_kvm else "emulates (no /dev/kvm in the node): kvm_flag off")
+    args = [
+        "gnt-cluster", "init",
+        "--master-netdev=br0", "--master-netmask=24",
+        "--nic-parameters=mode=bridged,link=br0",
+        f"--enabled-hypervisors={','.join(cp.hypervisors)}",
+        f"--enabled-disk-templates={','.join(cp.disk_templates)}",
+        f"--vg-name={cp.vg_name}",
+        f"--file-storage-dir={FILE_STORAGE}",
+        f"--shared-file-storage-dir={SHARED_MOUNT}",
+        f"--hypervisor-parameters=kvm:{','.join(kvm)}",
+        f"--ipolicy-bounds-specs={IPOLICY_BOUNDS}",
+        "--no-etc-hosts",
+        cp.fqdn,
+    ]
+    if "plain" not in cp.disk_templates:
+        args.remove(f"--vg-name={cp.vg_name}")
+    return shlex.join(args)
+
+
+def _add_node(cluster: Cluster, node: str) -> None:
+    """`gnt-node add` with the new node's host key verified, not waved through.
+
+    Ganeti checks the node against its own known_hosts, which holds only the cluster's key;
+    the lab already knows the node's key (collected at settle, over its own SSH), so it adds
+    it there instead of passing --no-ssh-key-check. Node add then makes new host keys on the
+    node: the lab reads them through the master's verified session and trusts those.
+    """
+    master = cluster.master
+    q = shlex.quote(node)
+    master.succeed(f"grep -F {q}, /root/.ssh/known_hosts >> /var/lib/ganeti/known_hosts")
+    cluster.gnt(f"gnt-node add {q}", timeout=1200)
+    new_keys = master.succeed(f"ssh -oBatchMode=yes -oGlobalKnownHostsFile="
+                              f"/var/lib/ganeti/known_hosts {q} "
+                              "'cat /etc/ssh/ssh_host_*_key.pub'")
+    cluster.lab.machine(node.split(".")[0]).replace_host_keys(new_keys)
+
+
+def _start_rapi(cluster: Cluster) -> None:
+    master = cluster.master
+    master.succeed("/usr/lib/ganeti/daemon-util stop ganeti-rapi || true")
+    master.succeed("/usr/lib/ganeti/daemon-util start ganeti-rapi")
+
+
+def wait_rapi(cluster: Cluster, timeout: float = 180.0) -> int:
+    def probe() -> int | None:
+        try:
+            return cluster.rapi.version()
+        except RapiError as exc:
+            log.debug("RAPI of %s not ready: %s", cluster.plan.fqdn, exc)
+            return None
+
+    return gnt.wait_for(f"RAPI of {cluster.plan.fqdn} at {cluster.plan.ip}:5080", probe,
+                        timeout=timeout)

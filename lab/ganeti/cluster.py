@@ -1,0 +1,90 @@
+"""A Ganeti cluster of a lab, as a scenario sees it: its master over SSH and its RAPI client."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lab.ganeti import gnt
+from lab.ganeti.rapi import RapiClient
+from lab.remote import Machine
+
+if TYPE_CHECKING:
+    from lab.machines import Lab
+    from lab.spec import ClusterPlan
+
+RAPI_USER = "lab-admin"
+
+
+@dataclass
+class Verify:
+    ok: bool
+    errors: list[str]
+    warnings: list[str]
+    output: str
+
+
+@dataclass
+class Cluster:
+    lab: Lab
+    plan: ClusterPlan
+    _rapi: RapiClient | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.plan.fqdn
+
+    @property
+    def master(self) -> Machine:
+        return self.lab.machine(self.plan.master.split(".")[0])
+
+    @property
+    def nodes(self) -> list[Machine]:
+        return [self.lab.machine(n.split(".")[0]) for n in self.plan.nodes]
+
+    @property
+    def state_dir(self) -> Path:
+        path = self.lab.dir / "clusters" / self.plan.name
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
+
+    # RAPI ---------------------------------------------------------------------------------
+
+    @property
+    def rapi(self) -> RapiClient:
+        if self._rapi is None:
+            secret = json.loads((self.state_dir / "rapi.json").read_text())
+            self._rapi = RapiClient(self.plan.ip, username=secret["user"],
+                                    password=secret["password"],
+                                    ca_file=self.state_dir / "rapi-ca.pem")
+        return self._rapi
+
+    def forget_rapi(self) -> None:
+        if self._rapi is not None:
+            self._rapi.close()
+            self._rapi = None
+
+    # Commands -----------------------------------------------------------------------------
+
+    def gnt(self, command: str, timeout: float = 600.0) -> str:
+        return self.master.succeed(command, timeout=timeout)
+
+    def query(self, command: str, fields: list[str], *names: str) -> list[dict[str, str]]:
+        return gnt.query(self.master, command, fields, *names)
+
+    def verify(self) -> Verify:
+        result = self.master.run("gnt-cluster verify", timeout=900)
+        lines = (result.stdout + result.stderr).splitlines()
+        errors = [ln for ln in lines if re.search(r"\bERROR\b", ln)]
+        warnings = [ln for ln in lines if re.search(r"\bWARNING\b", ln)]
+        return Verify(result.ok and not errors, errors, warnings, result.stdout + result.stderr)
+
+    def instance_states(self) -> dict[str, dict[str, str]]:
+        rows = self.query("gnt-instance list", ["name", "pnode", "status", "disk_template"])
+        return {r["name"]: r for r in rows}
+
+    def version(self) -> str:
+        return self.master.succeed("gnt-cluster --version").strip()

@@ -1,0 +1,64 @@
+"""Ganeti's command line on a node, with structured output and waits that explain themselves."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+from lab.errors import LabError
+from lab.remote import Machine
+
+T = TypeVar("T")
+SEPARATOR = "|"
+
+
+def query(master: Machine, command: str, fields: Sequence[str], *names: str,
+          timeout: float = 120.0) -> list[dict[str, str]]:
+    """`gnt-<x> list`-style output as one dict per row, e.g.
+    ``query(m, "gnt-instance list", ["name", "pnode", "status"])``."""
+    cmd = (f"{command} --no-headers --separator={SEPARATOR} -o {','.join(fields)} "
+           + " ".join(shlex.quote(n) for n in names))
+    rows = []
+    for line in master.succeed(cmd, timeout=timeout).splitlines():
+        if line.strip():
+            rows.append(dict(zip(fields, line.split(SEPARATOR), strict=False)))
+    return rows
+
+
+class WaitTimeout(LabError):
+    pass
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 300.0,
+             interval: float = 2.0, describe: Callable[[], str] | None = None) -> T:
+    """Poll ``probe`` until it returns something truthy; on timeout say what was last seen."""
+    deadline = time.monotonic() + timeout
+    delay = 0.25
+    last: object = None
+    while True:
+        try:
+            value = probe()
+            last = value
+        except LabError as exc:
+            value, last = None, exc
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            seen = describe() if describe else repr(last)
+            raise WaitTimeout(f"timed out after {timeout:.0f} s waiting for {what}; "
+                              f"last saw: {seen}")
+        time.sleep(min(delay, interval))
+        delay *= 2
+
+
+def fetch_ganeti_logs(machine: Machine, dest: Path, timeout: float = 60.0) -> Path:
+    """/var/log/ganeti of one node, compressed, into ``dest``."""
+    remote = f"/tmp/ganeti-logs-{machine.name}.tar.gz"
+    machine.succeed(f"tar -czf {remote} -C /var/log ganeti", timeout=timeout)
+    local = dest / f"{machine.name}-var-log-ganeti.tar.gz"
+    machine.get(remote, local)
+    machine.run(f"rm -f {remote}")
+    return local

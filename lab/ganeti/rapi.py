@@ -1,0 +1,468 @@
+"""Small typed client for Ganeti's Remote API v2 (Ganeti 3.0/3.1).
+
+HTTPS only, verified against a pinned CA/certificate file, HTTP basic auth.
+Mutating calls return a :class:`Job`; ``Job.wait()`` polls until it finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from lab.errors import LabError
+
+log = logging.getLogger("lab.rapi")
+
+TAG_KINDS: dict[str, str | None] = {
+    "cluster": None, "node": "nodes", "instance": "instances",
+    "group": "groups", "network": "networks",
+}
+NODE_ROLES = ("drained", "master-candidate", "offline", "regular")
+JOB_FINAL = ("success", "error", "canceled")
+_MAX_POLL = 5.0
+_LOG_TAIL = 10
+
+
+class RapiError(LabError):
+    """A RAPI call failed; ``status`` is None when no HTTP answer was received."""
+
+    def __init__(self, method: str, path: str, status: int | None, message: str) -> None:
+        self.method, self.path, self.status, self.message = method, path, status, message
+        got = f"HTTP {status}" if status is not None else "no HTTP response"
+        super().__init__(f"RAPI {method} {path} failed ({got}): {message}")
+
+
+class RapiUnreachable(RapiError):
+    """No connection to the RAPI daemon could be made."""
+
+
+class RapiAuthError(RapiError):
+    """401/403: wrong credentials or a user without ``write`` access."""
+
+
+class JobError(LabError):
+    """Base for job outcomes other than success."""
+
+
+class JobFailed(JobError):
+    """A job ended in ``error`` or ``canceled``."""
+
+    def __init__(self, job_id: int, status: str, opresult: list[Any],
+                 oplog_tail: list[str], summary: list[str]) -> None:
+        self.job_id, self.status, self.opresult = job_id, status, opresult
+        self.oplog_tail, self.summary = oplog_tail, summary
+        errors = [format_op_error(r) for r in opresult or [] if _is_encoded_error(r)]
+        lines = [f"Ganeti job {job_id} ({', '.join(summary) or 'no summary'}) "
+                 f"ended with status {status!r}"]
+        lines += [f"  error: {e}" for e in errors] or ["  no op error recorded"]
+        if oplog_tail:
+            lines.append("  last job log lines:")
+            lines += [f"    {entry}" for entry in oplog_tail]
+        super().__init__("\n".join(lines))
+
+
+class JobTimeout(JobError):
+    """``Job.wait`` gave up; the job itself keeps running on the cluster."""
+
+    def __init__(self, job_id: int, status: str | None, waited: float) -> None:
+        self.job_id, self.status, self.waited = job_id, status, waited
+        super().__init__(
+            f"Ganeti job {job_id} still {status!r} after waiting {waited:.1f}s; it is still "
+            f"running on the cluster (keep waiting, or cancel it: gnt-job cancel {job_id})")
+
+
+def _is_encoded_error(result: Any) -> bool:
+    # Ganeti serialises a failed opcode's exception as [class name, [args...]].
+    return (isinstance(result, list) and len(result) == 2
+            and isinstance(result[0], str) and isinstance(result[1], list))
+
+
+def format_op_error(result: Any) -> str:
+    """Render ``["OpPrereqError", ["msg", "ECODE"]]`` as ``OpPrereqError: msg (ECODE)``."""
+    if not _is_encoded_error(result):
+        return str(result)
+    name, args = result
+    if not args:
+        return name
+    text = f"{name}: {args[0]}"
+    rest = [str(a) for a in args[1:] if a not in (None, "")]
+    return f"{text} ({', '.join(rest)})" if rest else text
+
+
+def _ts(value: Any) -> float | None:
+    """Ganeti timestamps are ``[secs, usecs]``."""
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return value[0] + value[1] / 1e6
+    return None
+
+
+def _oplog_tail(oplog: Any, count: int = _LOG_TAIL) -> list[str]:
+    """Flatten the per-op log (entries ``[serial, [s, us], type, msg]``), keep the last lines."""
+    lines: list[str] = []
+    for op_entries in oplog or []:
+        for entry in op_entries or []:
+            if isinstance(entry, list) and len(entry) >= 4:
+                stamp = _ts(entry[1])
+                when = time.strftime("%H:%M:%S", time.gmtime(stamp)) if stamp else "--:--:--"
+                lines.append(f"{when} {entry[3]}")
+            else:
+                lines.append(str(entry))
+    return lines[-count:]
+
+
+@dataclass
+class Job:
+    """A submitted Ganeti job plus the timing data scenarios need for throughput."""
+
+    id: int
+    client: RapiClient = field(repr=False, compare=False)
+    submitted_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    run_seconds: float | None = None
+    queue_seconds: float | None = None
+    last_status: str | None = None
+    summary: list[str] = field(default_factory=list)
+
+    def status(self) -> dict[str, Any]:
+        """Current job record (GET /2/jobs/ID); also updates the timing fields."""
+        info = self.client.job_status(self.id)
+        self.last_status = info.get("status")
+        self.summary = list(info.get("summary") or self.summary)
+        start, end, received = (_ts(info.get(k)) for k in ("start_ts", "end_ts", "received_ts"))
+        if start is not None and end is not None:
+            self.run_seconds = end - start
+        if start is not None and received is not None:
+            self.queue_seconds = start - received
+        return info
+
+    def wait(self, timeout: float = 600, poll: float = 1.0) -> list[Any]:
+        """Poll until the job is final; return ``opresult`` or raise JobFailed/JobTimeout."""
+        began = time.monotonic()
+        delay, cap = poll, max(poll, _MAX_POLL)
+        while True:
+            info = self.status()  # check at once: short jobs must not pay a sleep
+            if self.last_status in JOB_FINAL:
+                self.finished_at = time.time()
+                log.debug("job %s %s (run %s s)", self.id, self.last_status, self.run_seconds)
+                if self.last_status == "success":
+                    return list(info.get("opresult") or [])
+                raise JobFailed(self.id, str(self.last_status), info.get("opresult") or [],
+                                _oplog_tail(info.get("oplog")), self.summary)
+            waited = time.monotonic() - began
+            if waited >= timeout:
+                raise JobTimeout(self.id, self.last_status, waited)
+            time.sleep(min(delay, timeout - waited))
+            delay = min(delay * 1.5, cap)
+
+
+class RapiClient:
+    """Client for one cluster's RAPI at ``https://host:port``."""
+
+    def __init__(self, host: str, port: int = 5080, *, username: str, password: str,
+                 ca_file: str | Path, timeout: float = 60.0, get_attempts: int = 3) -> None:
+        self.host, self.port, self.username = host, port, username
+        self.ca_file = Path(ca_file)
+        if not self.ca_file.is_file():
+            raise FileNotFoundError(f"RAPI CA/certificate file not found: {self.ca_file}")
+        self.timeout = timeout
+        self.get_attempts = max(1, get_attempts)
+        self._base = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+        self._session = requests.Session()
+        # trust_env off: REQUESTS_CA_BUNDLE would silently replace the pinned CA and a
+        # proxy from the environment has no business between us and a lab network.
+        self._session.trust_env = False
+        self._session.auth = (username, password)
+        self._session.headers.update({"Accept": "application/json",
+                                      "User-Agent": "ganeti-lab-rapi"})
+
+    def __repr__(self) -> str:
+        return (f"RapiClient(host={self.host!r}, port={self.port}, "
+                f"username={self.username!r}, ca_file={str(self.ca_file)!r})")
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> RapiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport ---------------------------------------------------------
+
+    def _request(self, method: str, path: str, query: list[tuple[str, Any]] | None = None,
+                 body: Any = None, *, retry: bool | None = None) -> Any:
+        """Send one call; GETs (unless ``retry=False``) retry on connection errors."""
+        if retry is None:
+            retry = method == "GET"
+        if not retry:  # never repeat writes: a lost answer may hide a submitted job
+            return self._send(method, path, query, body)
+        retrying = Retrying(
+            stop=stop_after_attempt(self.get_attempts),
+            wait=wait_exponential(multiplier=0.25, min=0.25, max=2),
+            retry=retry_if_exception_type(RapiUnreachable),
+            before_sleep=lambda rs: log.debug("retrying %s %s after: %s", method, path,
+                                              rs.outcome.exception() if rs.outcome else "?"),
+            reraise=True)
+        return retrying(self._send, method, path, query, body)
+
+    def _send(self, method: str, path: str, query: list[tuple[str, Any]] | None,
+              body: Any) -> Any:
+        # None/False mean "Ganeti's default" (0 for every boolean query flag): drop them.
+        params = [(k, int(v) if isinstance(v, bool) else v)
+                  for k, v in query or [] if v is not None and v is not False]
+        headers = {}
+        data = None
+        if body is not None:
+            # ganeti-rapi rejects bodies whose Content-Type is not exactly application/json
+            data = json.dumps(body)
+            headers["Content-Type"] = "application/json"
+        started = time.monotonic()
+        try:
+            resp = self._session.request(method, self._base + path, params=params or None,
+                                         data=data, headers=headers, timeout=self.timeout,
+                                         verify=str(self.ca_file))
+        except requests.exceptions.SSLError as exc:
+            log.debug("%s %s -> TLS error after %.3fs", method, path, time.monotonic() - started)
+            raise RapiError(method, path, None,
+                            f"TLS verification of {self.host}:{self.port} against {self.ca_file} "
+                            f"failed: {exc}. Is that file the cluster's current RAPI certificate "
+                            f"and does it name {self.host!r} as a SAN?") from exc
+        except requests.exceptions.ConnectionError as exc:  # includes ConnectTimeout
+            log.debug("%s %s -> unreachable after %.3fs", method, path,
+                      time.monotonic() - started)
+            raise RapiUnreachable(
+                method, path, None,
+                f"cannot talk to Ganeti RAPI at {self.host}:{self.port} ({exc}). Check that "
+                f"the cluster IP is up on the master and that ganeti-rapi listens on the "
+                f"cluster IP (not only on loopback) port {self.port}") from exc
+        except requests.exceptions.Timeout as exc:
+            raise RapiError(method, path, None,
+                            f"no answer within {self.timeout}s; the call may still have "
+                            f"taken effect ({exc})") from exc
+        log.debug("%s %s -> %s in %.3fs", method, resp.request.path_url, resp.status_code,
+                  time.monotonic() - started)
+        try:
+            content = resp.json() if resp.content else None
+        except ValueError:
+            content = resp.text.strip()[:500]
+            if resp.ok:
+                raise RapiError(method, path, resp.status_code,
+                                f"invalid JSON answer: {content!r}") from None
+        if resp.ok:
+            return content
+        if isinstance(content, dict) and "message" in content:
+            detail = f"{content.get('code', resp.status_code)} {content.get('message')}"
+            if content.get("explain"):
+                detail += f": {content['explain']}"
+        else:
+            detail = str(content or resp.reason)
+        if resp.status_code in (401, 403):
+            raise RapiAuthError(method, path, resp.status_code,
+                                f"{detail}. Check the RAPI user {self.username!r} and its "
+                                f"password in rapi_users, and that it has the 'write' "
+                                f"option for modifying calls")
+        raise RapiError(method, path, resp.status_code, detail)
+
+    def _submit(self, method: str, path: str, query: list[tuple[str, Any]] | None = None,
+                body: Any = None) -> Job:
+        """Send a job-submitting call; Ganeti answers with the job id (possibly a string)."""
+        return Job(id=int(self._request(method, path, query, body)), client=self)
+
+    @staticmethod
+    def _q(name: str) -> str:
+        return quote(name, safe="")
+
+    @staticmethod
+    def _set(body: dict[str, Any], **values: Any) -> dict[str, Any]:
+        """Add only the values that were given (None means "Ganeti's default")."""
+        body.update({k: v for k, v in values.items() if v is not None})
+        return body
+
+    def _tags_path(self, kind: str, name: str | None) -> str:
+        if kind not in TAG_KINDS:
+            raise ValueError(f"tag kind must be one of {sorted(TAG_KINDS)}, not {kind!r}")
+        collection = TAG_KINDS[kind]
+        if collection is None:
+            return "/2/tags"
+        if not name:
+            raise ValueError(f"{kind} tags need a name")
+        return f"/2/{collection}/{self._q(name)}/tags"
+
+    # -- reads -------------------------------------------------------------
+
+    def version(self) -> int:
+        return int(self._request("GET", "/version"))
+
+    def info(self) -> dict[str, Any]:
+        return self._request("GET", "/2/info")
+
+    def features(self) -> list[str]:
+        return list(self._request("GET", "/2/features") or [])
+
+    def os_list(self, bulk: bool = False) -> list[Any]:
+        return self._request("GET", "/2/os", [("bulk", bulk)])
+
+    def nodes(self, bulk: bool = True) -> list[dict[str, Any]]:
+        return self._request("GET", "/2/nodes", [("bulk", bulk)])
+
+    def node(self, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/2/nodes/{self._q(name)}")
+
+    def node_role(self, name: str) -> str:
+        return self._request("GET", f"/2/nodes/{self._q(name)}/role")
+
+    def instances(self, bulk: bool = True) -> list[dict[str, Any]]:
+        return self._request("GET", "/2/instances", [("bulk", bulk)])
+
+    def instance(self, name: str) -> dict[str, Any]:
+        return self._request("GET", f"/2/instances/{self._q(name)}")
+
+    def instance_info(self, name: str, static: bool = False) -> Job:
+        # This GET submits a query job, so it is not repeated blindly.
+        answer = self._request("GET", f"/2/instances/{self._q(name)}/info",
+                               [("static", static)], retry=False)
+        return Job(id=int(answer), client=self)
+
+    def jobs(self, bulk: bool = False) -> list[int] | list[dict[str, Any]]:
+        """Job ids, or full (bulk) job records."""
+        if bulk:
+            return self._request("GET", "/2/jobs", [("bulk", bulk)])
+        return [int(j["id"]) for j in self._request("GET", "/2/jobs")]
+
+    def job_status(self, job_id: int) -> dict[str, Any]:
+        return self._request("GET", f"/2/jobs/{int(job_id)}")
+
+    def tags(self, kind: str, name: str | None = None) -> list[str]:
+        return list(self._request("GET", self._tags_path(kind, name)))
+
+    def groups(self, bulk: bool = True) -> list[dict[str, Any]]:
+        return self._request("GET", "/2/groups", [("bulk", bulk)])
+
+    def networks(self, bulk: bool = True) -> list[dict[str, Any]]:
+        return self._request("GET", "/2/networks", [("bulk", bulk)])
+
+    # -- writes (each returns a Job) ----------------------------------------
+
+    def create_instance(self, name: str, *, disk_template: str, disks: list[dict[str, Any]],
+                        nics: list[dict[str, Any]] | None = None, os: str | None = None,
+                        pnode: str | None = None, snode: str | None = None,
+                        iallocator: str | None = None, hypervisor: str | None = None,
+                        beparams: dict[str, Any] | None = None,
+                        hvparams: dict[str, Any] | None = None,
+                        osparams: dict[str, Any] | None = None, start: bool = True,
+                        ip_check: bool = False, name_check: bool = False,
+                        conflicts_check: bool = True, wait_for_sync: bool = True,
+                        dry_run: bool = False, **extra: Any) -> Job:
+        """POST /2/instances with a version-1 body."""
+        # The checks are always sent: Ganeti defaults ip/name_check to True, which a
+        # lab without DNS for its instances cannot pass.
+        body: dict[str, Any] = {
+            "__version__": 1, "mode": "create", "name": name,
+            "disk_template": disk_template, "disks": disks,
+            "nics": nics if nics is not None else [{}],
+            "start": start, "ip_check": ip_check, "name_check": name_check,
+            "conflicts_check": conflicts_check, "wait_for_sync": wait_for_sync,
+        }
+        self._set(body, os=os, pnode=pnode, snode=snode, iallocator=iallocator,
+                  hypervisor=hypervisor, beparams=beparams, hvparams=hvparams,
+                  osparams=osparams, **extra)
+        return self._submit("POST", "/2/instances", [("dry-run", dry_run)], body)
+
+    def remove_instance(self, name: str, shutdown_timeout: int | None = None,
+                        dry_run: bool = False) -> Job:
+        return self._submit("DELETE", f"/2/instances/{self._q(name)}", [("dry-run", dry_run)],
+                            self._set({}, shutdown_timeout=shutdown_timeout))
+
+    def migrate_instance(self, name: str, *, mode: str | None = None,
+                         target_node: str | None = None, cleanup: bool | None = None,
+                         allow_failover: bool | None = None,
+                         iallocator: str | None = None) -> Job:
+        body = self._set({}, mode=mode, target_node=target_node, cleanup=cleanup,
+                         allow_failover=allow_failover, iallocator=iallocator)
+        return self._submit("PUT", f"/2/instances/{self._q(name)}/migrate", None, body)
+
+    def failover_instance(self, name: str, *, target_node: str | None = None,
+                          iallocator: str | None = None,
+                          ignore_consistency: bool | None = None,
+                          shutdown_timeout: int | None = None) -> Job:
+        body = self._set({}, target_node=target_node, iallocator=iallocator,
+                         ignore_consistency=ignore_consistency,
+                         shutdown_timeout=shutdown_timeout)
+        return self._submit("PUT", f"/2/instances/{self._q(name)}/failover", None, body)
+
+    def startup_instance(self, name: str, *, force: bool = False, no_remember: bool = False,
+                         dry_run: bool = False) -> Job:
+        query = [("force", force), ("no_remember", no_remember), ("dry-run", dry_run)]
+        return self._submit("PUT", f"/2/instances/{self._q(name)}/startup", query)
+
+    def shutdown_instance(self, name: str, timeout: int | None = None, *,
+                          no_remember: bool = False, dry_run: bool = False) -> Job:
+        # OpInstanceShutdown calls its shutdown timeout plain "timeout".
+        return self._submit("PUT", f"/2/instances/{self._q(name)}/shutdown",
+                            [("no_remember", no_remember), ("dry-run", dry_run)],
+                            self._set({}, timeout=timeout))
+
+    def reboot_instance(self, name: str, reboot_type: str | None = None, *,
+                        ignore_secondaries: bool | None = None,
+                        shutdown_timeout: int | None = None, dry_run: bool = False) -> Job:
+        query = [("type", reboot_type), ("ignore_secondaries", ignore_secondaries),
+                 ("dry-run", dry_run)]
+        return self._submit("POST", f"/2/instances/{self._q(name)}/reboot", query,
+                            self._set({}, shutdown_timeout=shutdown_timeout))
+
+    def modify_instance(self, name: str, **params: Any) -> Job:
+        return self._submit("PUT", f"/2/instances/{self._q(name)}/modify", None, params)
+
+    def modify_cluster(self, **params: Any) -> Job:
+        return self._submit("PUT", "/2/modify", None, params)
+
+    def add_tags(self, kind: str, name: str | None, tags: list[str],
+                 dry_run: bool = False) -> Job:
+        """Tags travel as repeated ``tag`` query arguments; ``name`` is ignored for cluster."""
+        query = [("tag", t) for t in tags] + [("dry-run", dry_run)]
+        return self._submit("PUT", self._tags_path(kind, name), query)
+
+    def delete_tags(self, kind: str, name: str | None, tags: list[str],
+                    dry_run: bool = False) -> Job:
+        query = [("tag", t) for t in tags] + [("dry-run", dry_run)]
+        return self._submit("DELETE", self._tags_path(kind, name), query)
+
+    def set_node_role(self, name: str, role: str, *, force: bool = False,
+                      auto_promote: bool | None = None) -> Job:
+        """PUT the role as a bare JSON string; the master role cannot be set via RAPI."""
+        if role not in NODE_ROLES:
+            raise ValueError(f"node role must be one of {NODE_ROLES}, not {role!r}")
+        return self._submit("PUT", f"/2/nodes/{self._q(name)}/role",
+                            [("force", force), ("auto-promote", auto_promote)], role)
+
+    def evacuate_node(self, name: str, *, mode: str | None = None,
+                      iallocator: str | None = None, remote_node: str | None = None,
+                      early_release: bool | None = None, dry_run: bool = False) -> Job:
+        """Job result lists the per-instance jobs Ganeti submitted."""
+        if iallocator and remote_node:
+            raise ValueError("give either iallocator or remote_node, not both")
+        body = self._set({}, mode=mode, iallocator=iallocator, remote_node=remote_node,
+                         early_release=early_release)
+        return self._submit("POST", f"/2/nodes/{self._q(name)}/evacuate",
+                            [("dry-run", dry_run)], body)
+
+    def migrate_node(self, name: str, *, mode: str | None = None,
+                     iallocator: str | None = None, target_node: str | None = None) -> Job:
+        # No dry-run: ganeti-rapi treats any query argument here as the pre-2.5
+        # request format and would then ignore the body.
+        body = self._set({}, mode=mode, iallocator=iallocator, target_node=target_node)
+        return self._submit("POST", f"/2/nodes/{self._q(name)}/migrate", None, body)
+
+    def cancel_job(self, job_id: int) -> tuple[bool, str]:
+        """Cancel a job that has not started yet; Ganeti answers ``[success, message]``."""
+        ok, message = self._request("DELETE", f"/2/jobs/{int(job_id)}")
+        return bool(ok), str(message)

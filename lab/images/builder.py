@@ -1,0 +1,207 @@
+"""The build pipeline: mmdebstrap a base root filesystem, then one bootable image per role.
+
+Steps run as root (mmdebstrap, chroot, mkfs); a laptop user runs the build through sudo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from lab import shell
+from lab.errors import LabError
+from lab.images.recipe import MIRROR, ROLES, SUITE, Recipe, recipe_dir, recipes
+from lab.images.store import Image, ImageStore, register_box
+from lab.progress import Steps
+
+ROOT_DISK_GIB = 8
+APT_ENV = {
+    "DEBIAN_FRONTEND": "noninteractive",
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+    "LC_ALL": "C.UTF-8",
+}
+DPKG_OPTS = ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
+
+
+def build_images(
+    store: ImageStore,
+    roles: tuple[str, ...] = ROLES,
+    *,
+    force: bool = False,
+    steps: Steps | None = None,
+    register: bool = True,
+) -> dict[str, Image]:
+    """Build what is missing from the cache; return the image of each role.
+
+    With a warm cache this does no work. ``force`` rebuilds the roles (not the base).
+    """
+    steps = steps or Steps("images")
+    if os.geteuid() != 0:
+        raise LabError("building images needs root (mmdebstrap, chroot, mkfs)",
+                       "run it as `sudo ganeti-lab images build`")
+    all_recipes = recipes()
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise LabError(f"unknown image role(s): {', '.join(sorted(unknown))}",
+                       f"choose from {', '.join(ROLES)}")
+    built: dict[str, Image] = {}
+    # Keys are computed once: a recipe edited during the build must not mix two keys.
+    keys = {name: recipe.key() for name, recipe in all_recipes.items()}
+    with store.lock():
+        store.discard_stale_staging()
+        base = all_recipes["base"]
+        needs = [r for r in roles if force or not store.has(r, keys[r])]
+        if needs and not store.has("base", keys["base"]):
+            _build_base(store, base, keys["base"], steps)
+        for role in roles:
+            recipe = all_recipes[role]
+            if role in needs:
+                base_tar = store.path("base", keys["base"]) / "rootfs.tar"
+                _build_role(store, recipe, keys[role], base_tar, steps)
+            image = store.get(role, keys[role])
+            if register:
+                with steps.step(f"register Vagrant box {image.box_name}"):
+                    register_box(image)
+            built[role] = image
+        if not needs:
+            steps.say("images: nothing changed; every image is in the cache "
+                      f"({', '.join(f'{r}-{built[r].key}' for r in roles)})")
+    return built
+
+
+def _manifest(
+    recipe: Recipe, key: str, started: float, extra: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "role": recipe.name,
+        "key": key,
+        "inputs": recipe.inputs(recipe_dir()),
+        "built_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "build_seconds": round(time.monotonic() - started, 1),
+        **extra,
+    }
+
+
+@contextlib.contextmanager
+def _staging(store: ImageStore, name: str, key: str) -> Iterator[Path]:
+    path = store.staging(name, key)
+    try:
+        yield path
+    except BaseException:
+        store.discard(path)
+        raise
+
+
+def _build_base(store: ImageStore, recipe: Recipe, key: str, steps: Steps) -> None:
+    started = time.monotonic()
+    src = recipe_dir()
+    with _staging(store, "base", key) as staging:
+        with steps.step(f"mmdebstrap {SUITE} base ({len(recipe.packages)} packages)"):
+            files = " ".join(f'"{src / f}"' for f in (recipe.setup_script, *recipe.files))
+            shell.run(
+                [
+                    "mmdebstrap", "--mode=root", "--variant=minbase",
+                    f"--include={','.join(recipe.packages)}",
+                    "--customize-hook=mkdir -p \"$1/tmp/lab-recipe\"",
+                    f"--customize-hook=copy-in {files} /tmp/lab-recipe",
+                    f"--customize-hook=chroot \"$1\" sh /tmp/lab-recipe/{recipe.setup_script}",
+                    "--customize-hook=rm -rf \"$1/tmp/lab-recipe\"",
+                    SUITE, str(staging / "rootfs.tar"), MIRROR,
+                ],
+                where="image build (base)", timeout=1800,
+                hint="check that the Debian mirror is reachable and mmdebstrap is installed",
+            )
+        store.publish(staging, "base", key, _manifest(recipe, key, started, {}))
+
+
+@contextlib.contextmanager
+def _chroot_mounts(root: Path) -> Iterator[None]:
+    """/proc for maintainer scripts; unmounted even when the step fails."""
+    (root / "proc").mkdir(exist_ok=True)
+    shell.run(["mount", "-t", "proc", "proc", root / "proc"])
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(root / "proc")], check=False)
+
+
+def _chroot(root: Path, *command: str, where: str, timeout: float = 1800) -> str:
+    return shell.run(["chroot", root, *command], where=where, env=APT_ENV, timeout=timeout).stdout
+
+
+def _build_role(
+    store: ImageStore, recipe: Recipe, key: str, base_tar: Path, steps: Steps
+) -> None:
+    started = time.monotonic()
+    where = f"image build ({recipe.name})"
+    with _staging(store, recipe.name, key) as staging:
+        root = staging / "rootfs"
+        root.mkdir()
+        with steps.step(f"{recipe.name}: unpack base"):
+            shell.run(["tar", "-xpf", base_tar, "-C", root, "--numeric-owner"], where=where)
+        with _chroot_mounts(root):
+            # The build needs the host's resolver; the machine gets the lab's at boot.
+            resolv = root / "etc" / "resolv.conf"
+            resolv.unlink(missing_ok=True)
+            shutil.copy("/etc/resolv.conf", resolv)
+            with steps.step(f"{recipe.name}: install {len(recipe.packages)} packages"):
+                _chroot(root, "apt-get", "update", "-qq", where=where)
+                _chroot(root, "apt-get", "install", "-y", "-q", *DPKG_OPTS, *recipe.packages,
+                        where=where)
+            with steps.step(f"{recipe.name}: configure ({recipe.setup_script})"):
+                dest = root / "tmp" / "lab-recipe"
+                dest.mkdir(parents=True, exist_ok=True)
+                for name in (recipe.setup_script, *recipe.files):
+                    shutil.copy(recipe_dir() / name, dest / name)
+                _chroot(root, "sh", f"/tmp/lab-recipe/{recipe.setup_script}", where=where)
+                shutil.rmtree(dest)
+            versions = _package_versions(root)
+            served = _repo_contents(root) if recipe.name == "service" else []
+            _chroot(root, "apt-get", "clean", where=where)
+            resolv.unlink()
+            resolv.write_text("# written at boot by lab-firstboot\n")
+        with steps.step(f"{recipe.name}: kernel, initrd and qcow2 disk"):
+            _take_boot_files(root, staging)
+            raw = staging / "disk.raw"
+            shell.run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", root, raw,
+                       f"{ROOT_DISK_GIB}G"], where=where)
+            shell.run(["qemu-img", "convert", "-O", "qcow2", raw, staging / "box.img"],
+                      where=where, timeout=900)
+            raw.unlink()
+            store.discard(root)
+        extra = {
+            "virtual_size_gib": ROOT_DISK_GIB,
+            "ganeti_versions": {k: v for k, v in versions.items() if k.startswith("ganeti")},
+            "kernel_cmdline": "root=/dev/vda rw console=ttyS0 net.ifnames=0",
+            "packages": versions,
+            "repo": served,
+        }
+        store.publish(staging, recipe.name, key, _manifest(recipe, key, started, extra))
+
+
+def _package_versions(root: Path) -> dict[str, str]:
+    out = _chroot(root, "dpkg-query", "-W", "-f", "${Package} ${Version}\\n", where="dpkg-query")
+    return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+
+def _take_boot_files(root: Path, staging: Path) -> None:
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    initrds = sorted((root / "boot").glob("initrd.img-*"))
+    if not kernels or not initrds:
+        raise LabError(f"no kernel/initrd in {root / 'boot'}",
+                       "keep linux-image-amd64 and initramfs-tools in base.packages")
+    shutil.copy(kernels[-1], staging / "vmlinuz")
+    shutil.copy(initrds[-1], staging / "initrd.img")
+
+
+def _repo_contents(root: Path) -> list[str]:
+    """The .debs the service box serves, read back from the image before it is packed."""
+    repo = root / "srv" / "repo"
+    return sorted(p.name for p in repo.glob("*.deb"))

@@ -1,0 +1,288 @@
+"""pytest plugin (entry point `pytest11`): labs as fixtures, reset by snapshot, artifacts on
+failure, and a timing record + report for every run.
+
+With pytest-xdist each worker gets its own lab (the lab name gets the worker id appended, and
+the lease book gives it its own subnets): tests that restore snapshots cannot share machines
+with tests running at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import report
+from lab.errors import LabError
+from lab.ganeti.bootstrap import current_layout, ensure_layout, layout_snapshot
+from lab.ganeti.cluster import Cluster
+from lab.hostcheck import virtualization_problem
+from lab.images import ImageStore, build_images
+from lab.machines import Lab
+from lab.progress import Steps
+from lab.session import KEEP_POLICIES, LabSession
+from lab.snapshots import restore
+from lab.timings import Timings, host_facts, new_run_id
+
+log = logging.getLogger("lab.pytest")
+LAB_FIXTURES = {"lab", "cluster", "clusters", "lab_reset", "lab_host"}
+
+
+@dataclass(frozen=True)
+class SizeProfile:
+    """Scenario sizes: `small` for CI, `full` for `ganeti-lab run`. Shrinks counts only."""
+
+    name: str
+
+    def pick(self, small: int, full: int) -> int:
+        return small if self.name == "small" else full
+
+
+_state_key = pytest.StashKey[dict[str, Any]]()
+_report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("ganeti-lab", "ganeti-lab labs")
+    g.addoption("--lab-topology", default=None,
+                help="topology TOML file or built-in profile (default: ./lab.toml)")
+    g.addoption("--lab-name", default=None, help="lab name (default: the topology's)")
+    g.addoption("--lab-reuse", action="store_true",
+                help="reuse a running lab of that name (snapshot restore, no boot)")
+    g.addoption("--lab-keep", choices=KEEP_POLICIES, default="never",
+                help="keep the lab after the run: always, failed (only if a lab test "
+                     "failed) or never (default)")
+    g.addoption("--lab-required", action="store_true",
+                help="no virtualization is an error, not a skip (CI)")
+    g.addoption("--lab-artifacts", default=None,
+                help="where failed tests' artifacts go (default: runs/<run-id>/artifacts)")
+    g.addoption("--lab-runs", default="runs", help="directory of run records (default: runs)")
+    g.addoption("--lab-profile", choices=("small", "full"), default="small",
+                help="scenario size profile: small (CI) or full (nightly, ganeti-lab run)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "lab(layout=NAME): the test needs the lab's clusters in layout NAME "
+                   "(e.g. one-cluster, two-clusters)")
+    if hasattr(config, "workerinput"):
+        worker = config.workerinput["workerid"]  # type: ignore[attr-defined]
+    else:
+        worker = None
+    run_id = os.environ.get("GANETI_LAB_RUN_ID") or new_run_id()
+    run_dir = Path(config.getoption("--lab-runs")) / run_id
+    if worker:
+        run_dir = run_dir / worker
+    timings = Timings(run_dir, run_id, host=host_facts(),
+                      meta={"profile": config.getoption("--lab-profile"), "worker": worker})
+    config.stash[_state_key] = {"timings": timings, "run_dir": run_dir, "worker": worker,
+                                "session": None, "lab_failed": False, "problem": None}
+    if not config.option.xmlpath and not worker:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.option.xmlpath = str(run_dir / "junit.xml")
+    handler = _TerminalLine(config)
+    handler.setLevel(logging.INFO)
+    for name in ("lab.timings", "lab.session", "lab.machines", "lab.ganeti"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
+class _TerminalLine(logging.Handler):
+    """The live one-line-per-phase log, written past pytest's output capture."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        super().__init__()
+        self.config = config
+
+    def emit(self, record: logging.LogRecord) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"[lab] {record.getMessage()}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Group lab tests by layout, so each layout switch (a snapshot restore) happens once."""
+    def key(item: pytest.Item) -> tuple[int, str]:
+        marker = item.get_closest_marker("lab")
+        if not LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+            return (0, "")
+        return (1, marker.kwargs.get("layout", "") if marker else "")
+
+    items.sort(key=key)
+
+
+# Fixtures -------------------------------------------------------------------------------------
+
+
+def _state(config: pytest.Config) -> dict[str, Any]:
+    return config.stash[_state_key]
+
+
+@pytest.fixture(scope="session")
+def lab_host(request: pytest.FixtureRequest) -> ImageStore:
+    """A host that can run labs, with current images (built here if missing)."""
+    config = request.config
+    problem = virtualization_problem()
+    if problem:
+        if config.getoption("--lab-required"):
+            pytest.fail(f"no virtualization (--lab-required): {problem}", pytrace=False)
+        pytest.skip(f"no virtualization: {problem}")
+    timings = _state(config)["timings"]
+    store = ImageStore()
+    with timings.phase("images"):
+        build_images(store, steps=Steps("images", timings))
+    return store
+
+
+@pytest.fixture(scope="session")
+def lab(request: pytest.FixtureRequest, lab_host: ImageStore) -> Iterator[Lab]:
+    """The session's lab: brought up once (images built if needed), or reused by name."""
+    config = request.config
+    state = _state(config)
+    name = config.getoption("--lab-name")
+    if state["worker"]:
+        name = f"{name or 'default'}-{state['worker']}"
+    session = LabSession(config.getoption("--lab-topology"), name,
+                         config.getoption("--lab-reuse"), config.getoption("--lab-keep"),
+                         state["timings"])
+    state["session"] = session
+    try:
+        lab = session.start()
+    except LabError as exc:
+        pytest.fail(f"lab bring-up failed: {exc}", pytrace=False)
+    state["timings"].host["accelerator"] = lab.accelerator
+    state["timings"].host["images"] = sorted({m.box for m in lab.plan.machines})
+    yield lab
+    session.finish(failed=state["lab_failed"])
+
+
+@pytest.fixture(scope="session")
+def lab_profile(request: pytest.FixtureRequest) -> SizeProfile:
+    """Scenario size profile (--lab-profile): small in CI, full in the nightly run."""
+    return SizeProfile(request.config.getoption("--lab-profile"))
+
+
+def _layout(request: pytest.FixtureRequest) -> str | None:
+    marker = request.node.get_closest_marker("lab")
+    return marker.kwargs.get("layout") if marker else None
+
+
+@pytest.fixture
+def clusters(request: pytest.FixtureRequest, lab: Lab) -> dict[str, Cluster]:
+    """All clusters of the test's layout (marker `lab(layout=...)`), formed or restored."""
+    found = ensure_layout(lab, _layout(request), _state(request.config)["timings"])
+    versions = _state(request.config)["timings"].host.setdefault("ganeti", {})
+    for name, c in found.items():
+        if name not in versions:
+            versions[name] = c.version().splitlines()[0] if c.version() else "?"
+    return found
+
+
+@pytest.fixture
+def cluster(clusters: dict[str, Cluster]) -> Cluster:
+    """The one cluster of a one-cluster layout: RAPI client (`.rapi`) + SSH to its master."""
+    if len(clusters) != 1:
+        raise LabError(f"the layout has {len(clusters)} clusters",
+                       "use the `clusters` fixture for multi-cluster layouts")
+    return next(iter(clusters.values()))
+
+
+@pytest.fixture
+def lab_reset(request: pytest.FixtureRequest, lab: Lab) -> Lab:
+    """Restore the layout's "cluster ready" snapshot before a test that changes state."""
+    timings = _state(request.config)["timings"]
+    ensure_layout(lab, _layout(request), timings)
+    layout = current_layout(lab)
+    assert layout is not None
+    with timings.phase(f"reset to {layout_snapshot(layout)}"):
+        restore(lab, layout_snapshot(layout))
+    return lab
+
+
+@pytest.fixture
+def timings(request: pytest.FixtureRequest) -> Timings:
+    """Record named phases from inside a test: `with timings.phase("migrate"): ...`."""
+    return _state(request.config)["timings"]
+
+
+# Phases, artifacts, keep policy ----------------------------------------------------------------
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    timings: Timings = _state(item.config)["timings"]
+    cm = timings.phase(f"test {item.nodeid}")
+    cm.__enter__()
+    outcome = yield
+    excinfo = outcome.excinfo
+    cm.__exit__(*(excinfo if excinfo else (None, None, None)))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    rep: pytest.TestReport = outcome.get_result()
+    item.stash.setdefault(_report_key, {})[rep.when] = rep
+    if rep.when == "call":
+        prefix = f"test {item.nodeid}"
+        for phase in _state(item.config)["timings"].phases:
+            if phase["name"] == prefix or phase.get("parent") == prefix:
+                item.user_properties.append((f"seconds:{phase['name']}",
+                                             round(phase["seconds"], 2)))
+                for key, value in (phase.get("metrics") or {}).items():
+                    item.user_properties.append((f"{phase['name']}:{key}", value))
+
+
+@pytest.fixture(autouse=True)
+def _lab_artifacts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a failed lab test, and before any lab teardown: collect what explains it."""
+    yield
+    node = request.node
+    if not LAB_FIXTURES & set(getattr(node, "fixturenames", ())):
+        return
+    reports = node.stash.get(_report_key, {})
+    failed = any(r.failed for r in reports.values())
+    state = _state(request.config)
+    if not failed:
+        return
+    state["lab_failed"] = True
+    session: LabSession | None = state["session"]
+    if session is None or session.lab is None:
+        return
+    from lab.artifacts import collect
+
+    base = request.config.getoption("--lab-artifacts")
+    root = Path(base) if base else state["run_dir"] / "artifacts"
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", node.nodeid)
+    layout = current_layout(session.lab)
+    masters = ([c.master.split(".")[0] for c in session.lab.plan.layouts[layout]]
+               if layout else [])
+    with state["timings"].phase(f"collect artifacts {node.nodeid}"):
+        collect(session.lab, root / safe, masters)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = _state(session.config)
+    timings: Timings = state["timings"]
+    if not timings.phases:
+        return
+    timings.meta["exitstatus"] = int(exitstatus)
+    path = timings.write()
+    try:
+        runs = Path(session.config.getoption("--lab-runs"))
+        history = sorted(p.parent for p in runs.glob("*/timings.json"))
+        html = report.render(history or [state["run_dir"]], state["run_dir"] / "report.html")
+    except LabError as exc:
+        html = None
+        log.warning("report not written: %s", exc)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"[lab] timings: {path}")
+        if html:
+            reporter.write_line(f"[lab] report: {html}")

@@ -1,0 +1,254 @@
+"""Commands and files on lab machines over SSH (paramiko), with verbs that read like prose.
+
+``succeed`` returns output or raises with the machine, the command and the output tail;
+``wait_until_succeeds`` polls without fixed sleeps and, on timeout, says what it last saw.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from lab.errors import CommandFailed, LabError
+from lab.shell import tail
+
+log = logging.getLogger("lab.remote")
+
+
+@dataclass(frozen=True)
+class Result:
+    machine: str
+    command: str
+    exit_status: int | None  # None: timed out
+    stdout: str
+    stderr: str
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    @property
+    def lines(self) -> list[str]:
+        return self.stdout.splitlines()
+
+
+class Unreachable(LabError):
+    pass
+
+
+class _RememberNewHost(paramiko.MissingHostKeyPolicy):
+    """Trust on first use, per lab: host keys are made on each machine's first boot, so the
+    first contact records them in the lab's known_hosts; a changed key is then refused."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        with contextlib.suppress(OSError):
+            client.save_host_keys(str(self.path))
+
+
+class Machine:
+    def __init__(self, name: str, host: str, key_file: Path, known_hosts: Path,
+                 user: str = "root", port: int = 22) -> None:
+        self.name, self.host, self.user, self.port = name, host, user, port
+        self.key_file, self.known_hosts = key_file, known_hosts
+        self._client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Machine({self.name}@{self.host})"
+
+    # Connection ---------------------------------------------------------------------------
+
+    def _connect(self, timeout: float = 10.0) -> paramiko.SSHClient:
+        with self._lock:
+            if self._client is not None:
+                transport = self._client.get_transport()
+                if transport is not None and transport.is_active():
+                    return self._client
+                self._client.close()
+            client = paramiko.SSHClient()
+            self.known_hosts.touch(exist_ok=True)
+            client.load_host_keys(str(self.known_hosts))
+            client.set_missing_host_key_policy(_RememberNewHost(self.known_hosts))
+            try:
+                client.connect(self.host, port=self.port, username=self.user,
+                               key_filename=str(self.key_file), timeout=timeout,
+                               banner_timeout=timeout, auth_timeout=timeout,
+                               allow_agent=False, look_for_keys=False)
+            except paramiko.BadHostKeyException:
+                raise
+            except (OSError, paramiko.SSHException, EOFError) as exc:
+                client.close()
+                raise Unreachable(
+                    f"{self.name} ({self.user}@{self.host}:{self.port}) is unreachable: {exc}",
+                    f"check `ganeti-lab status` and the console log of {self.name}",
+                ) from None
+            transport = client.get_transport()
+            if transport is not None:
+                transport.set_keepalive(15)
+            self._client = client
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+
+    def replace_host_keys(self, public_keys: str) -> None:
+        """Trust these host keys (``TYPE BASE64`` lines) for this machine from now on.
+
+        For keys the machine legitimately changed (Ganeti's node add makes new ones), read
+        through another authenticated channel; never for a key that merely failed to match.
+        """
+        self.close()
+        keys = paramiko.HostKeys()
+        if self.known_hosts.exists():
+            keys.load(str(self.known_hosts))
+        keys.pop(self.host, None)
+        for line in public_keys.splitlines():
+            parts = line.split()
+            if len(parts) >= 2:
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{self.host} {parts[0]} "
+                                                                 f"{parts[1]}")
+                if entry is not None and entry.key is not None:
+                    keys.add(self.host, entry.key.get_name(), entry.key)
+        keys.save(str(self.known_hosts))
+        log.info("%s: host keys replaced (%d)", self.name, len(public_keys.splitlines()))
+
+    def wait_for_ssh(self, timeout: float = 600.0) -> float:
+        """Block until a command runs; returns the seconds waited."""
+        started = time.monotonic()
+        last: Exception | None = None
+        while time.monotonic() - started < timeout:
+            try:
+                self.close()
+                if self.run("true", timeout=20).ok:
+                    return time.monotonic() - started
+            except (Unreachable, paramiko.SSHException, OSError) as exc:
+                last = exc
+            time.sleep(1.0)
+        raise Unreachable(f"{self.name} did not answer SSH within {timeout:.0f} s "
+                          f"(last error: {last})",
+                          f"read the console log of {self.name} (ganeti-lab status shows it)")
+
+    # Commands -----------------------------------------------------------------------------
+
+    def run(self, command: str, timeout: float = 300.0, input: str | None = None) -> Result:
+        started = time.monotonic()
+        client = self._connect()
+        try:
+            transport = client.get_transport()
+            assert transport is not None
+            chan = transport.open_session(timeout=30)
+            chan.exec_command(command)
+            if input is not None:
+                chan.sendall(input.encode())
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = started + timeout
+            chan.settimeout(1.0)
+            while True:
+                while chan.recv_ready():
+                    out += chan.recv(65536)
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                if chan.exit_status_ready() and not chan.recv_ready() \
+                        and not chan.recv_stderr_ready():
+                    break
+                if time.monotonic() > deadline:
+                    chan.close()
+                    return self._result(command, None, out, err, started)
+                with contextlib.suppress(socket.timeout, TimeoutError):
+                    chunk = chan.recv(65536)
+                    out += chunk
+            status = chan.recv_exit_status()
+            chan.close()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            self.close()
+            raise Unreachable(f"{self.name}: connection lost running `{command}`: {exc}",
+                              f"check that {self.name} is running (`ganeti-lab status`)") \
+                from None
+        return self._result(command, status, out, err, started)
+
+    def _result(self, command: str, status: int | None, out: bytes, err: bytes,
+                started: float) -> Result:
+        result = Result(self.name, command, status, out.decode(errors="replace"),
+                        err.decode(errors="replace"), time.monotonic() - started)
+        log.debug("%s: `%s` -> %s in %.2f s", self.name, command, status, result.seconds)
+        return result
+
+    def succeed(self, command: str, timeout: float = 300.0, input: str | None = None) -> str:
+        """Run ``command``; return its stdout, or raise CommandFailed with the output tail."""
+        result = self.run(command, timeout=timeout, input=input)
+        if not result.ok:
+            raise CommandFailed(self.name, command, result.exit_status,
+                                tail(result.stdout + "\n" + result.stderr))
+        return result.stdout
+
+    def fail(self, command: str, timeout: float = 300.0) -> str:
+        """Run ``command`` expecting failure; return its stderr."""
+        result = self.run(command, timeout=timeout)
+        if result.ok:
+            raise CommandFailed(self.name, command, 0,
+                                "expected a failure, but the command succeeded:\n"
+                                + tail(result.stdout))
+        return result.stderr
+
+    def wait_until_succeeds(self, command: str, timeout: float = 120.0,
+                            interval: float = 1.0) -> str:
+        deadline = time.monotonic() + timeout
+        delay = 0.2
+        while True:
+            try:
+                result = self.run(command, timeout=max(5.0, deadline - time.monotonic()))
+            except Unreachable as exc:
+                result = Result(self.name, command, None, "", str(exc), 0.0)
+            if result.ok:
+                return result.stdout
+            if time.monotonic() >= deadline:
+                raise CommandFailed(
+                    self.name, f"{command} (waited {timeout:.0f} s)", result.exit_status,
+                    "last attempt printed:\n" + tail(result.stdout + "\n" + result.stderr))
+            time.sleep(min(delay, interval))
+            delay *= 2
+
+    # Files --------------------------------------------------------------------------------
+
+    def put(self, local: Path, remote: str, mode: int | None = None) -> None:
+        with self._connect().open_sftp() as sftp:
+            sftp.put(str(local), remote)
+            if mode is not None:
+                sftp.chmod(remote, mode)
+
+    def get(self, remote: str, local: Path) -> Path:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect().open_sftp() as sftp:
+            sftp.get(remote, str(local))
+        return local
+
+    def write_file(self, remote: str, text: str, mode: int = 0o644) -> None:
+        with self._connect().open_sftp() as sftp:
+            with sftp.open(remote, "w") as f:
+                f.write(text)
+            sftp.chmod(remote, mode)
+
+    def read_file(self, remote: str) -> str:
+        with self._connect().open_sftp() as sftp, sftp.open(remote, "r") as f:
+            return f.read().decode()
+
+    def shell_quote(self, *args: str) -> str:
+        return shlex.join(args)

@@ -1,0 +1,759 @@
+"""HTML report of one or more runs' timings.json: phase table, timeline and trends.
+
+``render([runs/<a>, runs/<b>, ...])`` writes ``report.html`` plus PNG plots next
+to it (default: into the latest run's directory). The page is self-contained:
+no JavaScript, no external resources, only relative links to its own PNGs.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from lab.errors import LabError
+from lab.timings import FILENAME, Timings, TimingsError
+
+__all__ = ["REGRESSION_RATIO", "TREND_LIMIT", "ReportError", "render"]
+
+# A phase counts as regressed when latest / median(earlier runs) exceeds this.
+REGRESSION_RATIO = 1.25
+# More series than this makes the trend plot unreadable.
+TREND_LIMIT = 12
+# Timeline rows beyond this get too thin to read; deeper levels are dropped first.
+TIMELINE_MAX_ROWS = 60
+
+_COLOURS = {
+    "passed": "#3b7dd8",
+    "failed": "#d62728",
+    "interrupted": "#f28e2b",
+    "skipped": "#a0a0a0",
+}
+
+
+# Written as escapes: ruff flags these look-alike characters in source.
+_SEP = " \u203a "  # single right angle quote: path of a nested phase
+_TIMES = "\u00d7"  # multiplication sign: ratio
+_DASH = "\u2013"  # en dash: no value
+
+
+class ReportError(LabError):
+    """A run directory or its timings.json cannot be used for a report."""
+
+
+@dataclass
+class _Phase:
+    name: str
+    parent: str | None
+    start: datetime
+    seconds: float
+    outcome: str
+    error: str | None
+    metrics: dict[str, Any]
+    depth: int = 0
+    key: str = ""  # ancestor names and own name joined by _SEP: same phase across runs
+    offset: float = 0.0  # seconds since the run's origin
+    up: _Phase | None = None
+    children: list[_Phase] = field(default_factory=list)
+
+    @property
+    def end(self) -> float:
+        return self.offset + self.seconds
+
+
+@dataclass
+class _Run:
+    file: Path
+    run_id: str
+    started: datetime
+    finished: datetime | None
+    host: dict[str, Any]
+    meta: dict[str, Any]
+    phases: list[_Phase]  # depth-first tree order
+
+    @property
+    def duration(self) -> float:
+        """Wall time of the run: from its start to the latest phase end / finish stamp."""
+        ends = [p.end for p in self.phases]
+        if self.finished is not None:
+            ends.append((self.finished - self.started).total_seconds())
+        return max(ends, default=0.0)
+
+    def totals(self) -> dict[str, tuple[float, bool]]:
+        """Seconds per phase key (repeats summed) and whether any of them failed."""
+        out: dict[str, tuple[float, bool]] = {}
+        for p in self.phases:
+            secs, failed = out.get(p.key, (0.0, False))
+            out[p.key] = (secs + p.seconds, failed or p.outcome in ("failed", "interrupted"))
+        return out
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _parse_time(value: Any, what: str) -> datetime:
+    if not isinstance(value, str):
+        raise ValueError(f"{what} is not an ISO 8601 string: {value!r}")
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{what} is not an ISO 8601 time: {value!r}") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def _parse_phase(raw: Any, idx: int) -> _Phase:
+    what = f"phase #{idx}"
+    if not isinstance(raw, dict):
+        raise ValueError(f"{what} is not an object")
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} has no name")
+    what = f"phase #{idx} ({name!r})"
+    secs = raw.get("seconds")
+    if isinstance(secs, bool) or not isinstance(secs, int | float) or not secs >= 0:
+        raise ValueError(f"{what} has a bad 'seconds': {secs!r}")
+    parent = raw.get("parent")
+    if parent is not None and not isinstance(parent, str):
+        raise ValueError(f"{what} has a bad 'parent': {parent!r}")
+    metrics = raw.get("metrics") or {}
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{what} has bad 'metrics'")
+    error = raw.get("error")
+    return _Phase(
+        name=name,
+        parent=parent,
+        start=_parse_time(raw.get("start"), f"{what} 'start'"),
+        seconds=float(secs),
+        outcome=str(raw.get("outcome") or "passed"),
+        error=None if error is None else str(error),
+        metrics=metrics,
+    )
+
+
+def _link_tree(phases: list[_Phase], origin: datetime) -> list[_Phase]:
+    """Attach each phase to its parent and return them in depth-first order.
+
+    The file names parents only by name, so when a name repeats the parent is
+    the same-named phase whose interval holds the child's start (innermost).
+    """
+    for p in phases:
+        p.offset = (p.start - origin).total_seconds()
+    # Longer first on equal starts, so a parent sorts before its first child.
+    phases = sorted(phases, key=lambda p: (p.offset, -p.seconds))
+    by_name: dict[str, list[_Phase]] = {}
+    for p in phases:
+        by_name.setdefault(p.name, []).append(p)
+    eps = 0.005  # start stamps are rounded to milliseconds
+    for p in phases:
+        cands = [q for q in by_name.get(p.parent or "", []) if q is not p]
+        if not cands:
+            continue
+        holding = [q for q in cands if q.offset - eps <= p.offset <= q.end + eps]
+        before = [q for q in cands if q.offset <= p.offset + eps]
+        pool = holding or before or cands
+        up = max(pool, key=lambda q: (q.offset, -q.seconds))
+        # Malformed data could make a loop; such a phase is shown at top level.
+        anc = up
+        while anc is not None and anc is not p:
+            anc = anc.up
+        if anc is None:
+            p.up = up
+            up.children.append(p)
+    ordered: list[_Phase] = []
+
+    def walk(p: _Phase, depth: int, prefix: str) -> None:
+        p.depth = depth
+        p.key = f"{prefix}{_SEP}{p.name}" if prefix else p.name
+        ordered.append(p)
+        for c in sorted(p.children, key=lambda c: (c.offset, -c.seconds)):
+            walk(c, depth + 1, p.key)
+
+    for p in phases:
+        if p.up is None:
+            walk(p, 0, "")
+    return ordered
+
+
+def _load_run(file: Path) -> _Run:
+    try:
+        doc = Timings.load(file)
+    except TimingsError as exc:
+        raise ReportError(f"malformed or missing timings file: {exc}") from exc
+    try:
+        phases = [_parse_phase(raw, i) for i, raw in enumerate(doc["phases"])]
+        if doc.get("started") is not None:
+            started = _parse_time(doc["started"], "'started'")
+        elif phases:
+            started = min(p.start for p in phases)
+        else:
+            raise ValueError("no 'started' and no phases")
+        finished = doc.get("finished")
+        finished_dt = _parse_time(finished, "'finished'") if finished is not None else None
+        host, meta = doc.get("host") or {}, doc.get("meta") or {}
+        if not isinstance(host, dict) or not isinstance(meta, dict):
+            raise ValueError("'host' and 'meta' must be objects")
+    except ValueError as exc:
+        raise ReportError(f"malformed timings file {file}: {exc}") from exc
+    # Phases recorded with an explicit earlier start must not get negative offsets.
+    origin = min([started, *(p.start for p in phases)])
+    return _Run(
+        file=file,
+        run_id=str(doc.get("run_id") or file.parent.name),
+        started=origin,
+        finished=finished_dt,
+        host=host,
+        meta=meta,
+        phases=_link_tree(phases, origin),
+    )
+
+
+def _expand(run_dirs: Iterable[Path | str] | Path | str) -> list[Path]:
+    """timings.json files for the given run dirs, files, or parents of run dirs."""
+    if isinstance(run_dirs, str | Path):
+        run_dirs = [run_dirs]
+    files: list[Path] = []
+    for entry in map(Path, run_dirs):
+        if entry.is_file():
+            files.append(entry)
+        elif (entry / FILENAME).exists():
+            files.append(entry / FILENAME)
+        elif entry.is_dir():
+            found = sorted(d / FILENAME for d in entry.iterdir() if (d / FILENAME).exists())
+            if not found:
+                raise ReportError(f"{entry / FILENAME}: no such file (nor in any subdirectory)")
+            files.extend(found)
+        else:
+            raise ReportError(f"{entry / FILENAME}: no such file or directory")
+    unique = list(dict.fromkeys(f.resolve() for f in files))
+    if not unique:
+        raise ReportError("no run directories given")
+    return unique
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _save(fig: Any, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)  # attaches the Agg canvas; no pyplot, no global backend state
+    fig.savefig(path, format="png", dpi=100, bbox_inches="tight", facecolor="white")
+
+
+def _timeline_rows(run: _Run) -> tuple[list[_Phase], int | None]:
+    rows, cut = run.phases, None
+    while len(rows) > TIMELINE_MAX_ROWS and max(p.depth for p in rows) > 0:
+        cut = max(p.depth for p in rows) - 1
+        rows = [p for p in rows if p.depth <= cut]
+    return rows[:TIMELINE_MAX_ROWS], cut
+
+
+def _plot_timeline(rows: list[_Phase], path: Path) -> None:
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    span = max((p.end for p in rows), default=1.0) or 1.0
+    labels = ["  " * p.depth + _trim(p.name, 48 - 2 * p.depth) for p in rows]
+    fig = Figure(figsize=(11, 0.28 * len(rows) + 1.1))
+    ax = fig.add_subplot()
+    colours = [
+        _shade(_COLOURS["passed"], p.depth)
+        if p.outcome == "passed"
+        else _COLOURS.get(p.outcome, "#666666")
+        for p in rows
+    ]
+    # A minimum width keeps sub-second phases visible next to long ones.
+    widths = [max(p.seconds, span * 0.002) for p in rows]
+    ax.barh(
+        range(len(rows)),
+        widths,
+        left=[p.offset for p in rows],
+        height=0.7,
+        color=colours,
+        edgecolor="none",
+    )
+    for i, p in enumerate(rows):
+        ax.text(
+            p.offset + widths[i] + span * 0.005,
+            i,
+            _fmt_secs(p.seconds),
+            va="center",
+            ha="left",
+            fontsize=7.5,
+            color="#333333",
+        )
+    ax.set_yticks(range(len(rows)))
+    # Left-aligned monospace labels so the indentation shows the nesting; the
+    # pad pushes them left of the axis by the width of the longest one.
+    font_pt = 8.5
+    pad = max(len(s) for s in labels) * font_pt * 0.61 + 6
+    ax.set_yticklabels(labels, fontsize=font_pt, family="monospace", ha="left")
+    ax.tick_params(axis="y", pad=pad, length=0)
+    ax.set_ylim(len(rows) - 0.4, -0.6)  # first phase on top
+    ax.set_xlim(0, span * 1.1)
+    ax.set_xlabel("seconds since run start")
+    ax.grid(axis="x", color="#e4e4e4")
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    present = [o for o in _COLOURS if any(p.outcome == o for p in rows)]
+    if len(present) > 1:
+        ax.legend(
+            handles=[Patch(color=_COLOURS[o], label=o) for o in present],
+            loc="upper right",
+            fontsize=8,
+            frameon=False,
+        )
+    _save(fig, path)
+
+
+@dataclass
+class _Trend:
+    key: str
+    top_level: bool
+    points: list[tuple[datetime, float, bool]]  # (run start, seconds, failed)
+    latest: float | None  # in this run
+    earlier_median: float | None
+    earlier_runs: int
+
+    @property
+    def ratio(self) -> float | None:
+        if self.latest is None or not self.earlier_median:
+            return None
+        return self.latest / self.earlier_median
+
+    @property
+    def regressed(self) -> bool:
+        return self.ratio is not None and self.ratio > REGRESSION_RATIO
+
+
+def _trends(runs: list[_Run]) -> list[_Trend]:
+    totals = [r.totals() for r in runs]
+    this = totals[-1]
+    top = {p.key for r in runs for p in r.phases if p.depth == 0}
+    keys = list(dict.fromkeys(k for t in totals for k in t))
+    out = []
+    for key in keys:
+        points = [
+            (r.started, t[key][0], t[key][1]) for r, t in zip(runs, totals, strict=True) if key in t
+        ]
+        earlier = [t[key][0] for t in totals[:-1] if key in t]
+        out.append(
+            _Trend(
+                key=key,
+                top_level=key in top,
+                points=points,
+                latest=this[key][0] if key in this else None,
+                earlier_median=statistics.median(earlier) if earlier else None,
+                earlier_runs=len(earlier),
+            )
+        )
+    return out
+
+
+def _plot_trends(trends: list[_Trend], path: Path) -> None:
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.figure import Figure
+
+    # Small multiples with their own y scale: a 30 % regression of a 10 s phase
+    # would be invisible on an axis shared with a 10 min one.
+    ncols = min(3, len(trends))
+    nrows = math.ceil(len(trends) / ncols)
+    fig = Figure(figsize=(11, 2.3 * nrows + 0.3), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
+    for i, (ax, tr) in enumerate(zip(axes.flat, trends, strict=False)):
+        xs = [p[0] for p in tr.points]
+        ys = [p[1] for p in tr.points]
+        ax.plot(xs, ys, color="#3b7dd8", marker="o", markersize=4, linewidth=1.5)
+        bad = [(x, y) for x, y, failed in tr.points if failed]
+        if bad:
+            ax.plot(
+                *zip(*bad, strict=True),
+                linestyle="none",
+                marker="x",
+                color="#d62728",
+                markersize=8,
+                markeredgewidth=2,
+                zorder=5,  # above the "this run" dot, which would hide it
+                label="failed",
+            )
+        if tr.earlier_median is not None:
+            ax.axhline(tr.earlier_median, color="#888888", linestyle="--", linewidth=1)
+        if tr.latest is not None:
+            ax.plot(
+                [xs[-1]],
+                [tr.latest],
+                marker="o",
+                markersize=7,
+                linestyle="none",
+                color="#d62728" if tr.regressed else "#1b4f9c",
+            )
+        title = _trim_left(tr.key, 40)
+        if tr.ratio is not None:
+            title += f"  {_TIMES}{tr.ratio:.2f}"
+        ax.set_title(
+            title,
+            fontsize=9,
+            loc="left",
+            color="#b00000" if tr.regressed else "#222222",
+            fontweight="bold" if tr.regressed else "normal",
+        )
+        ax.set_ylim(bottom=0, top=max(ys) * 1.18 or 1)
+        ax.set_ylabel("s", fontsize=8, rotation=0, labelpad=6)
+        locator = AutoDateLocator(minticks=2, maxticks=4)
+        ax.xaxis.set_major_locator(locator)
+        ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+        ax.tick_params(labelsize=7.5)
+        if i + ncols < len(trends):
+            # Shared time axis: dates only under the lowest plot of each column.
+            ax.tick_params(labelbottom=False)
+            ax.xaxis.get_offset_text().set_visible(False)
+        ax.grid(color="#ececec")
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    for ax in list(axes.flat)[len(trends) :]:
+        ax.set_visible(False)
+    _save(fig, path)
+
+
+def _shade(hex_colour: str, depth: int) -> tuple[float, float, float]:
+    """Lighter tint of a colour for deeper nesting levels."""
+    r, g, b = (int(hex_colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    t = min(depth * 0.22, 0.66)
+    return (r + (1 - r) * t, g + (1 - g) * t, b + (1 - b) * t)
+
+
+# ---------------------------------------------------------------- HTML
+
+
+def _trim(text: str, width: int) -> str:
+    width = max(width, 8)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _trim_left(text: str, width: int) -> str:
+    """Shorten from the left: the end of a phase path is its most specific part."""
+    width = max(width, 8)
+    return text if len(text) <= width else "…" + text[-(width - 1) :]
+
+
+def _fmt_secs(secs: float | None) -> str:
+    if secs is None:
+        return _DASH
+    if secs >= 120:
+        m, s = divmod(secs, 60)
+        return f"{secs:.1f} s ({int(m)}m{s:02.0f}s)"
+    return f"{secs:.2f} s"
+
+
+def _fmt_value(value: Any) -> str:
+    if value is None:
+        return _DASH
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {_fmt_value(v)}" for k, v in value.items())
+    if isinstance(value, list | tuple | set):
+        return ", ".join(_fmt_value(v) for v in value)
+    return str(value)
+
+
+def _fmt_time(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+# Headline facts: label and the keys (in host, then meta) callers may use for it.
+_FACTS = [
+    ("Cores", ("cores", "cpus")),
+    ("Memory", ("memory_mib", "memory")),
+    ("Accelerator", ("accelerator", "accel")),
+    ("Image keys", ("image_keys", "image_key", "images", "image")),
+    ("Ganeti", ("ganeti_versions", "ganeti_version", "ganeti")),
+    ("Git commit", ("git_commit", "commit")),
+]
+
+
+def _facts(run: _Run) -> list[tuple[str, str]]:
+    out = []
+    for label, keys in _FACTS:
+        for src in (run.host, run.meta):
+            key = next((k for k in keys if src.get(k) not in (None, "", [], {})), None)
+            if key is None:
+                continue
+            val = src[key]
+            if key == "memory_mib" and isinstance(val, int | float):
+                text = f"{val / 1024:.1f} GiB"
+            elif label == "Git commit" and isinstance(val, str):
+                text = val[:12]
+            else:
+                text = _fmt_value(val)
+            out.append((label, text))
+            break
+    return out
+
+
+def _phase_rows(run: _Run) -> list[dict[str, Any]]:
+    span = run.duration or 1.0
+    return [
+        {
+            "name": p.name,
+            "depth": p.depth,
+            "offset": f"+{p.offset:.2f}",
+            "seconds": _fmt_secs(p.seconds),
+            "share": min(100.0, 100 * p.seconds / span),
+            "outcome": p.outcome,
+            "error": p.error,
+            "metrics": [(k, _fmt_value(v)) for k, v in p.metrics.items()],
+        }
+        for p in run.phases
+    ]
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>ganeti-lab timings &ndash; {{ run.run_id }}</title>
+<style>
+  body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+         color: #1d1d1f; margin: 0; background: #f6f7f9; }
+  main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 48px; background: #fff;
+         min-height: 100vh; box-shadow: 0 0 0 1px #e3e5e8; }
+  h1 { font-size: 22px; margin: 0 0 2px; }
+  h1 code { font-size: 21px; }
+  h2 { font-size: 17px; margin: 32px 0 10px; padding-bottom: 4px;
+       border-bottom: 1px solid #e3e5e8; }
+  .sub { color: #5c6370; margin: 0 0 16px; }
+  code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; }
+  .facts { display: flex; flex-wrap: wrap; gap: 8px; margin: 0; padding: 0; }
+  .facts div { background: #f1f3f6; border-radius: 6px; padding: 6px 12px; }
+  .facts dt { font-size: 11px; text-transform: uppercase; letter-spacing: .04em;
+              color: #5c6370; }
+  .facts dd { margin: 0; font-weight: 600; }
+  table { border-collapse: collapse; width: 100%; font-size: 13px; }
+  th, td { padding: 4px 8px; text-align: left; vertical-align: top; }
+  th { background: #f1f3f6; font-weight: 600; border-bottom: 1px solid #d8dbe0; }
+  tbody tr:nth-child(even) { background: #fafbfc; }
+  tbody tr:hover { background: #eef4ff; }
+  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums;
+                   white-space: nowrap; }
+  tr.top td { font-weight: 600; border-top: 1px solid #e3e5e8; }
+  .bar { background: #e8ecf2; width: 90px; height: 9px; border-radius: 2px;
+         display: inline-block; vertical-align: middle; }
+  .bar span { display: block; height: 100%; background: #3b7dd8; border-radius: 2px; }
+  .outcome { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px;
+             font-weight: 600; }
+  .o-passed { background: #e3f4e6; color: #17692b; }
+  .o-failed { background: #fde3e3; color: #b00000; }
+  .o-interrupted { background: #fff0dc; color: #9a5300; }
+  .o-skipped { background: #eceef1; color: #5c6370; }
+  .kv { display: inline-block; background: #f1f3f6; border-radius: 4px; padding: 0 5px;
+        margin: 1px 3px 1px 0; font-size: 12px; }
+  .kv b { font-weight: 500; color: #5c6370; }
+  .err { color: #b00000; font-size: 12px; }
+  tr.regress td { background: #fde3e3; }
+  tr.regress td.ratio { color: #b00000; font-weight: 700; }
+  td.better { color: #17692b; }
+  img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
+  .note { color: #5c6370; font-size: 12px; }
+  .this { font-weight: 700; }
+</style>
+</head>
+<body>
+<main>
+<h1>Run <code>{{ run.run_id }}</code></h1>
+<p class="sub">started {{ run.started }} · duration {{ run.duration }}
+  · {{ run.counts }}{% if runs|length > 1 %} · compared with {{ runs|length - 1 }}
+  earlier run{{ "s" if runs|length > 2 }}{% endif %}</p>
+{% if facts %}
+<dl class="facts">
+{% for label, value in facts %}  <div><dt>{{ label }}</dt><dd>{{ value }}</dd></div>
+{% endfor %}</dl>
+{% endif %}
+
+<h2>Phases</h2>
+{% if phases %}
+<table>
+<thead><tr><th>Phase</th><th class="num">Start</th><th class="num">Seconds</th>
+<th>Share of run</th><th>Outcome</th><th>Metrics</th></tr></thead>
+<tbody>
+{% for p in phases %}<tr{% if p.depth == 0 %} class="top"{% endif %}>
+  <td style="padding-left: {{ 8 + 18 * p.depth }}px">{{ p.name }}</td>
+  <td class="num">{{ p.offset }}</td>
+  <td class="num">{{ p.seconds }}</td>
+  <td><span class="bar"><span style="width: {{ '%.1f' % p.share }}%"></span></span></td>
+  <td><span class="outcome o-{{ p.outcome }}">{{ p.outcome }}</span></td>
+  <td>{% for k, v in p.metrics %}<span class="kv"><b>{{ k }}</b> {{ v }}</span>{% endfor %}
+    {%- if p.error %}<div class="err">{{ p.error }}</div>{% endif %}</td>
+</tr>
+{% endfor %}</tbody>
+</table>
+{% else %}
+<p class="note">No phases were recorded in this run.</p>
+{% endif %}
+
+{% if timeline %}
+<h2>Timeline</h2>
+<img src="{{ timeline }}" alt="timeline of the phases of run {{ run.run_id }}">
+{% if timeline_cut is not none %}<p class="note">Phases nested deeper than level
+{{ timeline_cut }} are left out of the plot to keep it readable; the table lists all.</p>
+{% endif %}
+{% endif %}
+
+{% if runs|length > 1 %}
+<h2>Trend</h2>
+<p class="note">Seconds per run over run start time for {{ plotted|length }}
+phases: regressions first, then the slowest. Dashed: median of the earlier runs;
+big dot: this run (red when more than &times;{{ threshold }} the median);
+red crosses: failed runs.</p>
+{% if trend_png %}<img src="{{ trend_png }}" alt="trend of phase durations across runs">{% endif %}
+{% if trends %}
+<table>
+<thead><tr><th>Phase</th><th class="num">This run</th><th class="num">Median earlier</th>
+<th class="num">Ratio</th><th class="num">Earlier runs</th></tr></thead>
+<tbody>
+{% for t in trends %}<tr{% if t.regressed %} class="regress"{% endif %}>
+  <td>{{ t.key }}</td>
+  <td class="num">{{ t.latest }}</td>
+  <td class="num">{{ t.median }}</td>
+  <td class="num ratio{% if t.better %} better{% endif %}">{{ t.ratio }}</td>
+  <td class="num">{{ t.earlier_runs }}</td>
+</tr>
+{% endfor %}</tbody>
+</table>
+{% else %}
+<p class="note">No phase of this run appears in an earlier run.</p>
+{% endif %}
+
+<h2>Runs</h2>
+<table>
+<thead><tr><th>Run</th><th>Started</th><th class="num">Duration</th><th>Outcome</th>
+<th>Git commit</th></tr></thead>
+<tbody>
+{% for r in runs %}<tr{% if loop.last %} class="this"{% endif %}>
+  <td class="mono">{{ r.run_id }}{% if loop.last %} (this run){% endif %}</td>
+  <td>{{ r.started }}</td><td class="num">{{ r.duration }}</td>
+  <td>{{ r.counts }}</td><td class="mono">{{ r.commit }}</td>
+</tr>
+{% endfor %}</tbody>
+</table>
+{% endif %}
+
+{% if host or meta %}
+<h2>Host and run metadata</h2>
+<table>
+<tbody>
+{% for k, v in host %}<tr><th>host.{{ k }}</th><td class="mono">{{ v }}</td></tr>
+{% endfor %}{% for k, v in meta %}<tr><th>meta.{{ k }}</th><td class="mono">{{ v }}</td></tr>
+{% endfor %}</tbody>
+</table>
+{% endif %}
+<p class="note">Generated {{ generated }} from {{ source }}.</p>
+</main>
+</body>
+</html>
+"""
+
+
+def _counts(run: _Run) -> str:
+    seen: dict[str, int] = {}
+    for p in run.phases:
+        seen[p.outcome] = seen.get(p.outcome, 0) + 1
+    if not seen:
+        return "no phases"
+    return ", ".join(f"{n} {o}" for o, n in sorted(seen.items(), key=lambda kv: -kv[1]))
+
+
+def _run_summary(run: _Run) -> dict[str, str]:
+    commit = run.host.get("git_commit") or run.meta.get("git_commit")
+    return {
+        "run_id": run.run_id,
+        "started": _fmt_time(run.started),
+        "duration": _fmt_secs(run.duration),
+        "counts": _counts(run),
+        "commit": str(commit)[:12] if commit else _DASH,
+    }
+
+
+def render(run_dirs: list[Path], out: Path | None = None) -> Path:
+    """Write an HTML report of the given runs; return the path of the HTML file.
+
+    ``run_dirs`` entries may be run directories, timings.json files, or parent
+    directories of several runs. The run that started last is "this run".
+    ``out`` defaults to ``<this run's dir>/report.html`` (a directory, or a
+    path without suffix, gets ``report.html`` inside); the PNG plots are
+    written next to it.
+    """
+    runs = sorted((_load_run(f) for f in _expand(run_dirs)), key=lambda r: r.started)
+    this = runs[-1]
+    out = Path(out) if out is not None else this.file.parent / "report.html"
+    if out.is_dir() or not out.suffix:  # a directory, existing or to be made
+        out = out / "report.html"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    timeline_png = out.with_name(f"{out.stem}-timeline.png")
+    trend_png = out.with_name(f"{out.stem}-trend.png")
+    # Stale plots from an earlier render must not sit beside a report lacking them.
+    for png in (timeline_png, trend_png):
+        png.unlink(missing_ok=True)
+
+    rows, cut = _timeline_rows(this)
+    if rows:
+        _plot_timeline(rows, timeline_png)
+
+    trend_rows: list[dict[str, Any]] = []
+    plotted: list[_Trend] = []
+    if len(runs) > 1:
+        trends = _trends(runs)
+        wanted = [t for t in trends if t.top_level or len(t.points) >= 2]
+        # Regressions first (they are the point of the plot), then the slowest.
+        plotted = sorted(
+            wanted,
+            key=lambda t: (
+                not t.regressed,
+                -(t.latest if t.latest is not None else t.earlier_median or 0.0),
+            ),
+        )[:TREND_LIMIT]
+        if plotted:
+            _plot_trends(plotted, trend_png)
+        # Table: everything comparable; regressions first, then the slowest.
+        comparable = [t for t in trends if t.latest is not None and t.earlier_runs]
+        comparable.sort(key=lambda t: (not t.regressed, -(t.latest or 0.0)))
+        trend_rows = [
+            {
+                "key": t.key,
+                "latest": _fmt_secs(t.latest),
+                "median": _fmt_secs(t.earlier_median),
+                "ratio": f"{_TIMES}{t.ratio:.2f}" if t.ratio is not None else _DASH,
+                "regressed": t.regressed,
+                "better": t.ratio is not None and t.ratio < 1 / REGRESSION_RATIO,
+                "earlier_runs": t.earlier_runs,
+            }
+            for t in comparable
+        ]
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    html = env.from_string(_TEMPLATE).render(
+        run=_run_summary(this),
+        runs=[_run_summary(r) for r in runs],
+        facts=_facts(this),
+        phases=_phase_rows(this),
+        timeline=timeline_png.name if rows else None,
+        timeline_cut=cut,
+        trends=trend_rows,
+        plotted=plotted,
+        trend_png=trend_png.name if plotted else None,
+        threshold=f"{REGRESSION_RATIO:g}",
+        host=[(k, _fmt_value(v)) for k, v in this.host.items()],
+        meta=[(k, _fmt_value(v)) for k, v in this.meta.items()],
+        generated=_fmt_time(datetime.now(UTC)),
+        source=", ".join(str(r.file) for r in runs) if len(runs) <= 3 else f"{len(runs)} runs",
+    )
+    out.write_text(html, encoding="utf-8")
+    return out

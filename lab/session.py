@@ -1,0 +1,75 @@
+"""A run's lab, shared by the pytest plugin and `ganeti-lab run`: build images if needed, bring
+the lab up (or reuse a kept one), and at the end keep or destroy it by policy."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from lab import topology, virt
+from lab.errors import LabError
+from lab.images import ImageStore, build_images
+from lab.images.recipe import ROLES, recipes
+from lab.leases import LeaseBook
+from lab.machines import Lab
+from lab.progress import Steps
+from lab.timings import Timings, maybe_phase
+
+log = logging.getLogger("lab.session")
+KEEP_POLICIES = ("always", "failed", "never")
+
+
+@dataclass
+class LabSession:
+    topology: str | None
+    name: str | None
+    reuse: bool
+    keep: str
+    timings: Timings | None = None
+    lab: Lab | None = None
+    reused: bool = False
+
+    def start(self) -> Lab:
+        topo = topology.load(self.topology)
+        name = self.name or topo.name
+        if self.reuse and LeaseBook().get(name) is not None:
+            lab = Lab.attach(name)
+            states = virt.domain_states(lab.plan)
+            if any(s != "running" for s in states.values()):
+                raise LabError(f"lab {name} cannot be reused: machines are {states}",
+                               f"destroy it (`ganeti-lab destroy {name}`) or drop --lab-reuse")
+            LeaseBook().set_owner(name, os.getpid())
+            log.info("reusing lab %s (%s)", name, lab.accelerator)
+            self.lab, self.reused = lab, True
+            return lab
+        store = ImageStore()
+        keys = {role: recipes()[role].key() for role in ROLES}
+        if any(not store.has(r, keys[r]) for r in ROLES):
+            with maybe_phase(self.timings, "images"):
+                build_images(store, steps=Steps("images", self.timings))
+        lab = Lab.prepare(topo, name, store)
+        self.lab = lab
+        log.info("lab %s: accelerator %s", name, lab.accelerator)
+        with maybe_phase(self.timings, f"lab up ({len(lab.plan.machines)} machines)"):
+            lab.up(Steps(f"lab {name}", self.timings))
+        return lab
+
+    def finish(self, failed: bool) -> virt.LabObjects | None:
+        """Keep or destroy the lab; returns what was destroyed (None when kept)."""
+        if self.lab is None:
+            return None
+        keep = self.keep == "always" or (self.keep == "failed" and failed)
+        if keep:
+            self.lab.close()
+            self.lab.keep()
+            log.info("keeping lab %s (--lab-keep=%s); `ganeti-lab destroy %s` removes it",
+                     self.lab.name, self.keep, self.lab.name)
+            return None
+        with maybe_phase(self.timings, "lab destroy"):
+            removed = self.lab.destroy()
+        left = virt.find(f"glab-{self.lab.name}-")
+        if not left.empty():
+            raise LabError(f"destroying lab {self.lab.name} left objects behind: {left}",
+                           f"ganeti-lab destroy {self.lab.name}")
+        return removed

@@ -1,0 +1,412 @@
+"""Unit tests for lab.ganeti.rapi against an HTTPS test double of ganeti-rapi."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from lab.ganeti.rapi import (
+    Job,
+    JobFailed,
+    JobTimeout,
+    RapiAuthError,
+    RapiClient,
+    RapiError,
+    RapiUnreachable,
+    format_op_error,
+)
+
+USER, PASSWORD = "labadmin", "pw-Zq7s3cret"
+DROP = object()  # route answer: close the connection without any HTTP response
+
+
+def make_cert(directory: Path, stem: str) -> tuple[Path, Path]:
+    """Self-signed server certificate for localhost / 127.0.0.1."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{stem}.localhost")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: Any
+
+
+class FakeRapi:
+    """Routes (method, path) to a queue of answers; the last answer repeats."""
+
+    def __init__(self) -> None:
+        self.routes: dict[tuple[str, str], list[Any]] = {}
+        self.seen: list[Seen] = []
+
+    def route(self, method: str, path: str, *answers: Any) -> None:
+        self.routes[(method, path)] = list(answers)
+
+    def calls(self, method: str, path: str) -> list[Seen]:
+        return [s for s in self.seen if s.method == method and s.path == path]
+
+    def answer(self, method: str, path: str) -> Any:
+        queue = self.routes.get((method, path))
+        if not queue:
+            return 404, {"code": 404, "message": "Not Found", "explain": f"no route {path}"}
+        return queue.pop(0) if len(queue) > 1 else queue[0]
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Any
+
+    def _handle(self) -> None:
+        fake: FakeRapi = self.server.fake
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        fake.seen.append(Seen(self.command, url.path, parse_qs(url.query),
+                              dict(self.headers.items()), json.loads(raw) if raw else None))
+        answer = fake.answer(self.command, url.path)
+        if answer is DROP:
+            self.close_connection = True
+            return
+        status, payload = answer if isinstance(answer, tuple) else (200, answer)
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_PUT = do_POST = do_DELETE = _handle
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep test output quiet
+        pass
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
+    d = tmp_path_factory.mktemp("certs")
+    return {"good": make_cert(d, "server"), "other": make_cert(d, "other")}
+
+
+@pytest.fixture
+def server(certs: dict[str, tuple[Path, Path]]) -> Iterator[tuple[FakeRapi, int]]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*certs["good"])
+    httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    httpd.fake = FakeRapi()  # type: ignore[attr-defined]
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    yield httpd.fake, httpd.server_address[1]  # type: ignore[attr-defined]
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)
+
+
+@pytest.fixture
+def fake(server: tuple[FakeRapi, int]) -> FakeRapi:
+    return server[0]
+
+
+@pytest.fixture
+def client(server: tuple[FakeRapi, int], certs: dict[str, tuple[Path, Path]]) -> RapiClient:
+    return RapiClient("127.0.0.1", server[1], username=USER, password=PASSWORD,
+                      ca_file=certs["good"][0], timeout=5)
+
+
+def job_record(job_id: int, status: str, **extra: Any) -> dict[str, Any]:
+    return {"id": job_id, "status": status, "summary": ["INSTANCE_CREATE(web1)"],
+            "opstatus": [status], "opresult": [None], "oplog": [[]],
+            "received_ts": [100, 0], "start_ts": None, "end_ts": None, **extra}
+
+
+# -- request shapes ----------------------------------------------------------
+
+def test_create_instance_minimal_body(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("POST", "/2/instances", "17")
+    job = client.create_instance("web1", disk_template="plain", disks=[{"size": 1024}],
+                                 os="debootstrap+default")
+    assert isinstance(job, Job) and job.id == 17
+    (seen,) = fake.calls("POST", "/2/instances")
+    assert seen.headers["Content-Type"] == "application/json"
+    assert seen.query == {}
+    assert seen.body == {
+        "__version__": 1, "mode": "create", "name": "web1", "disk_template": "plain",
+        "disks": [{"size": 1024}], "nics": [{}], "os": "debootstrap+default",
+        "start": True, "ip_check": False, "name_check": False,
+        "conflicts_check": True, "wait_for_sync": True,
+    }
+
+
+def test_create_instance_full_body_and_dry_run(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("POST", "/2/instances", 18)
+    client.create_instance("db1", disk_template="drbd", disks=[{"size": 512}, {"size": 64}],
+                           nics=[{"link": "br0"}], pnode="n1", snode="n2",
+                           beparams={"memory": 256}, hvparams={"kernel_path": ""},
+                           start=False, dry_run=True, no_install=True, iallocator=None)
+    (seen,) = fake.calls("POST", "/2/instances")
+    assert seen.query == {"dry-run": ["1"]}
+    body = seen.body
+    assert body["nics"] == [{"link": "br0"}]
+    assert (body["pnode"], body["snode"], body["start"]) == ("n1", "n2", False)
+    assert body["beparams"] == {"memory": 256} and body["hvparams"] == {"kernel_path": ""}
+    assert body["no_install"] is True
+    for unset in ("os", "iallocator", "hypervisor", "osparams"):
+        assert unset not in body
+
+
+def test_migrate_and_failover_bodies(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("PUT", "/2/instances/web1/migrate", "20")
+    fake.route("PUT", "/2/instances/web1/failover", "21")
+    client.migrate_instance("web1", mode="live")
+    client.migrate_instance("web1", cleanup=True, allow_failover=False, target_node="n3")
+    client.failover_instance("web1", ignore_consistency=True, shutdown_timeout=30)
+    m1, m2 = fake.calls("PUT", "/2/instances/web1/migrate")
+    assert m1.body == {"mode": "live"}
+    assert m2.body == {"cleanup": True, "allow_failover": False, "target_node": "n3"}
+    (f,) = fake.calls("PUT", "/2/instances/web1/failover")
+    assert f.body == {"ignore_consistency": True, "shutdown_timeout": 30}
+
+
+def test_shutdown_remove_and_role_requests(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("PUT", "/2/instances/web1/shutdown", "1")
+    fake.route("DELETE", "/2/instances/web1", "2")
+    fake.route("PUT", "/2/nodes/n2/role", "3")
+    assert client.shutdown_instance("web1", timeout=15).id == 1
+    assert client.remove_instance("web1", shutdown_timeout=5, dry_run=True).id == 2
+    assert client.set_node_role("n2", "drained", force=True).id == 3
+    assert fake.calls("PUT", "/2/instances/web1/shutdown")[0].body == {"timeout": 15}
+    (rm,) = fake.calls("DELETE", "/2/instances/web1")
+    assert rm.body == {"shutdown_timeout": 5} and rm.query == {"dry-run": ["1"]}
+    (role,) = fake.calls("PUT", "/2/nodes/n2/role")
+    assert role.body == "drained" and role.query == {"force": ["1"]}
+    with pytest.raises(ValueError):
+        client.set_node_role("n2", "master")
+
+
+def test_tag_query_strings(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("PUT", "/2/instances/web1/tags", "30")
+    fake.route("PUT", "/2/tags", "31")
+    fake.route("DELETE", "/2/nodes/n1/tags", "32")
+    fake.route("GET", "/2/groups/default/tags", ["a", "b"])
+    client.add_tags("instance", "web1", ["lab:one", "has space"])
+    client.add_tags("cluster", "ignored-name", ["scenario:x"])
+    client.delete_tags("node", "n1", ["a", "b"])
+    assert client.tags("group", "default") == ["a", "b"]
+    (put,) = fake.calls("PUT", "/2/instances/web1/tags")
+    assert put.query == {"tag": ["lab:one", "has space"]} and put.body is None
+    assert fake.calls("PUT", "/2/tags")[0].query == {"tag": ["scenario:x"]}
+    assert fake.calls("DELETE", "/2/nodes/n1/tags")[0].query == {"tag": ["a", "b"]}
+    with pytest.raises(ValueError, match="tag kind"):
+        client.tags("disk", "x")
+    with pytest.raises(ValueError):
+        client.add_tags("node", None, ["t"])
+
+
+def test_basic_auth_header_sent(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("GET", "/version", 2)
+    assert client.version() == 2
+    expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert fake.seen[0].headers["Authorization"] == expected
+
+
+def test_password_absent_from_repr_and_logs(fake: FakeRapi, client: RapiClient,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake.route("GET", "/2/info", {"name": "cluster.lab"})
+    fake.route("GET", "/2/instances/nope", (404, {"code": 404, "message": "Not Found",
+                                                  "explain": "no such instance"}))
+    assert client.info() == {"name": "cluster.lab"}
+    with pytest.raises(RapiError):
+        client.instance("nope")
+    assert PASSWORD not in repr(client) and USER in repr(client)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    for secret in (PASSWORD, token, "Authorization"):
+        assert secret not in caplog.text
+    rapi_lines = [r.getMessage() for r in caplog.records if r.name == "lab.rapi"]
+    assert any("GET /2/info -> 200" in line for line in rapi_lines), rapi_lines
+    assert any("/2/instances/nope -> 404" in line for line in rapi_lines), rapi_lines
+
+
+# -- errors ------------------------------------------------------------------
+
+def test_error_json_becomes_rapi_error(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("PUT", "/2/instances/web1/migrate",
+               (400, {"code": 400, "message": "Bad Request",
+                      "explain": "Parameter 'mode' has invalid value 'warp'"}))
+    with pytest.raises(RapiError) as err:
+        client.migrate_instance("web1", mode="warp")
+    e = err.value
+    assert (e.method, e.path, e.status) == ("PUT", "/2/instances/web1/migrate", 400)
+    assert not isinstance(e, RapiAuthError | RapiUnreachable)
+    for part in ("PUT", "/2/instances/web1/migrate", "400", "Bad Request", "'warp'"):
+        assert part in str(e)
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_auth_errors(fake: FakeRapi, client: RapiClient, status: int) -> None:
+    fake.route("POST", "/2/instances", (status, {"code": status, "message": "Forbidden",
+                                                 "explain": ""}))
+    with pytest.raises(RapiAuthError) as err:
+        client.create_instance("x", disk_template="plain", disks=[{"size": 1}])
+    assert err.value.status == status
+    assert "write" in str(err.value) and USER in str(err.value)
+    assert PASSWORD not in str(err.value)
+
+
+def test_connection_refused_is_unreachable_quickly(certs: dict[str, tuple[Path, Path]]) -> None:
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = RapiClient("127.0.0.1", port, username=USER, password=PASSWORD,
+                        ca_file=certs["good"][0], timeout=2)
+    began = time.monotonic()
+    with pytest.raises(RapiUnreachable) as err:
+        client.info()
+    assert time.monotonic() - began < 5
+    assert f"127.0.0.1:{port}" in str(err.value)
+    assert "loopback" in str(err.value) and "cluster IP" in str(err.value)
+    assert err.value.status is None
+
+
+def test_wrong_certificate_is_rejected(fake: FakeRapi, server: tuple[FakeRapi, int],
+                                       certs: dict[str, tuple[Path, Path]]) -> None:
+    fake.route("GET", "/2/info", {"name": "should-not-be-read"})
+    client = RapiClient("127.0.0.1", server[1], username=USER, password=PASSWORD,
+                        ca_file=certs["other"][0], timeout=5)
+    with pytest.raises(RapiError) as err:
+        client.info()
+    assert not isinstance(err.value, RapiUnreachable)
+    assert "certificate" in str(err.value).lower() and str(certs["other"][0]) in str(err.value)
+    assert isinstance(err.value.__cause__, ssl.SSLError) or "SSL" in repr(err.value.__cause__)
+    assert fake.seen == []  # no request got past the handshake
+
+
+def test_missing_ca_file_fails_early(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        RapiClient("127.0.0.1", username=USER, password=PASSWORD, ca_file=tmp_path / "no.pem")
+
+
+def test_get_retried_but_post_not(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("GET", "/2/info", DROP, {"name": "cluster.lab"})
+    assert client.info() == {"name": "cluster.lab"}
+    assert len(fake.calls("GET", "/2/info")) == 2
+    fake.route("POST", "/2/instances", DROP, "99")
+    with pytest.raises(RapiUnreachable):
+        client.create_instance("web1", disk_template="plain", disks=[{"size": 1}])
+    assert len(fake.calls("POST", "/2/instances")) == 1
+
+
+# -- jobs --------------------------------------------------------------------
+
+def test_job_wait_success_returns_opresult(fake: FakeRapi, client: RapiClient) -> None:
+    done = job_record(7, "success", opresult=[["node1.lab", "node2.lab"]],
+                      start_ts=[101, 0], end_ts=[104, 500000])
+    fake.route("GET", "/2/jobs/7", job_record(7, "queued"), job_record(7, "running"), done)
+    job = Job(7, client)
+    assert job.wait(timeout=10, poll=0.01) == [["node1.lab", "node2.lab"]]
+    assert len(fake.calls("GET", "/2/jobs/7")) == 3
+    assert job.run_seconds == pytest.approx(3.5)
+    assert job.queue_seconds == pytest.approx(1.0)
+    assert job.finished_at is not None and job.finished_at >= job.submitted_at
+    assert job.last_status == "success" and job.summary == ["INSTANCE_CREATE(web1)"]
+
+
+def test_job_wait_checks_before_sleeping(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("GET", "/2/jobs/8", job_record(8, "success", opresult=[True]))
+    began = time.monotonic()
+    assert Job(8, client).wait(poll=2.0) == [True]
+    assert time.monotonic() - began < 1.0
+
+
+def test_job_wait_error_raises_job_failed(fake: FakeRapi, client: RapiClient) -> None:
+    log = [[i, [1700000000 + i, 0], "message", f"step {i}"] for i in range(1, 15)]
+    log.append([15, [1700000015, 0], "message", "* removing disks after failure"])
+    failed = job_record(
+        9, "error",
+        opresult=[["OpPrereqError", ["The given name (web1) does not resolve", "resolver_error"]]],
+        oplog=[log])
+    fake.route("GET", "/2/jobs/9", job_record(9, "running"), failed)
+    with pytest.raises(JobFailed) as err:
+        Job(9, client).wait(timeout=10, poll=0.01)
+    e, text = err.value, str(err.value)
+    assert (e.job_id, e.status) == (9, "error")
+    assert "OpPrereqError: The given name (web1) does not resolve (resolver_error)" in text
+    assert "job 9" in text and "INSTANCE_CREATE(web1)" in text and "'error'" in text
+    assert e.oplog_tail[-1].endswith("* removing disks after failure")
+    assert "removing disks after failure" in text
+    assert len(e.oplog_tail) == 10 and not any(line.endswith("step 1") for line in e.oplog_tail)
+
+
+def test_job_canceled_raises_job_failed(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("GET", "/2/jobs/10", job_record(10, "canceled", opresult=[None]))
+    with pytest.raises(JobFailed, match="canceled"):
+        Job(10, client).wait(timeout=5, poll=0.01)
+
+
+def test_job_wait_timeout(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("GET", "/2/jobs/11", job_record(11, "running"))
+    began = time.monotonic()
+    with pytest.raises(JobTimeout) as err:
+        Job(11, client).wait(timeout=0.3, poll=0.05)
+    elapsed = time.monotonic() - began
+    assert 0.3 <= elapsed < 2.0
+    assert err.value.job_id == 11 and err.value.status == "running"
+    assert err.value.waited >= 0.3
+    text = str(err.value)
+    assert "job 11" in text and "'running'" in text and "still running on the cluster" in text
+    assert len(fake.calls("GET", "/2/jobs/11")) >= 3
+
+
+def test_format_op_error_shapes() -> None:
+    assert format_op_error(["OpExecError", ["Disk sync failed"]]) == "OpExecError: Disk sync failed"
+    assert format_op_error(["OpPrereqError", ["Bad", "wrong_input"]]) == \
+        "OpPrereqError: Bad (wrong_input)"
+    assert format_op_error("plain text") == "plain text"
+
+
+def test_jobs_listing_and_cancel(fake: FakeRapi, client: RapiClient) -> None:
+    fake.route("GET", "/2/jobs", [{"id": "3", "uri": "/2/jobs/3"}, {"id": 4, "uri": "/2/jobs/4"}])
+    fake.route("DELETE", "/2/jobs/4", [True, "Job 4 canceled"])
+    assert client.jobs() == [3, 4]
+    assert client.cancel_job(4) == (True, "Job 4 canceled")
