@@ -1,3 +1,3 @@
-"""ganeti-lab: real Ganeti test labs on Vagrant + libvirt, reset in seconds, timed phase by phase."""
+"""ganeti-lab: real Ganeti test labs on Vagrant + libvirt, reset in seconds, timed by phase."""
 
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ import json
 import os
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -70,10 +70,8 @@ def _routes() -> list[ipaddress.IPv4Network]:
     for line in out.splitlines():
         word = line.split()[0] if line.split() else ""
         if word != "default":
-            try:
+            with suppress(ValueError):
                 nets.append(ipaddress.IPv4Network(word, strict=False))
-            except ValueError:
-                pass
     return nets
 
 

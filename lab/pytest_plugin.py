@@ -71,10 +71,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "lab(layout=NAME): the test needs the lab's clusters in layout NAME "
                    "(e.g. one-cluster, two-clusters)")
-    if hasattr(config, "workerinput"):
-        worker = config.workerinput["workerid"]  # type: ignore[attr-defined]
-    else:
-        worker = None
+    workerinput = getattr(config, "workerinput", None)  # set by pytest-xdist on workers
+    worker = workerinput["workerid"] if workerinput else None
     run_id = os.environ.get("GANETI_LAB_RUN_ID") or new_run_id()
     run_dir = Path(config.getoption("--lab-runs")) / run_id
     if worker:
@@ -216,6 +214,9 @@ def timings(request: pytest.FixtureRequest) -> Timings:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    if not (LAB_FIXTURES | {"timings"}) & set(getattr(item, "fixturenames", ())):
+        yield  # plain unit tests are not lab phases
+        return
     timings: Timings = _state(item.config)["timings"]
     cm = timings.phase(f"test {item.nodeid}")
     cm.__enter__()

@@ -12,7 +12,7 @@ from lab.errors import LabError
 from lab.images import ImageStore, build_images
 from lab.images.recipe import ROLES, recipes
 from lab.leases import LeaseBook
-from lab.machines import Lab
+from lab.machines import Lab, destroy
 from lab.progress import Steps
 from lab.timings import Timings, maybe_phase
 
@@ -43,6 +43,10 @@ class LabSession:
             log.info("reusing lab %s (%s)", name, lab.accelerator)
             self.lab, self.reused = lab, True
             return lab
+        if LeaseBook().get(name) is not None:
+            log.warning("lab %s already exists; destroying it for a fresh start "
+                        "(--lab-reuse would have reused it)", name)
+            destroy(name)
         store = ImageStore()
         keys = {role: recipes()[role].key() for role in ROLES}
         if any(not store.has(r, keys[r]) for r in ROLES):

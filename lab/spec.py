@@ -140,7 +140,8 @@ def plan(
         layout: [_cluster(c, labnet) for c in clusters]
         for layout, clusters in topology.layouts.items()
     }
-    instances = {f"inst{i + 1}": str(labnet[FIRST_INSTANCE_HOST + i]) for i in range(INSTANCE_NAMES)}
+    instances = {f"inst{i + 1}": str(labnet[FIRST_INSTANCE_HOST + i])
+                 for i in range(INSTANCE_NAMES)}
     return LabPlan(
         lab=lab, prefix=prefix, topology=topology.source,
         mgmt_subnet=str(mgmt), lab_subnet=str(labnet),

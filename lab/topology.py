@@ -264,7 +264,7 @@ def _networks(c: _Checker, table: Any) -> list[Network]:
                                          "write e.g. \"10.201.3.0/24\" or \"auto\"")
                 # keep the network so its role is counted: one fault, one message
                 subnet = None
-            if subnet.prefixlen > 24:
+            if subnet is not None and subnet.prefixlen > 24:
                 c.add(f"{where}.subnet", f"{subnet} is too small; the lab needs a /24 or larger")
         result.append(Network(name, role, subnet))
     for role in NETWORK_ROLES:

@@ -37,7 +37,7 @@ def test_lab_network_names_and_storage(lab: Lab) -> None:
         m.succeed("mountpoint -q /srv/ganeti/shared-file-storage")
     # The service box answers DNS for lab names (dnsmasq on the cluster network).
     out = lab.machine("node1").succeed(
-        f"python3 -c \"import socket; print(socket.gethostbyname('inst7.lab'))\"")
+        "python3 -c \"import socket; print(socket.gethostbyname('inst7.lab'))\"")
     assert out.strip() == lab.plan.instance_names["inst7"]
     assert "Packages" in lab.service.succeed("curl -sf http://127.0.0.1/ | head -c 2000")
 

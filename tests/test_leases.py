@@ -187,9 +187,6 @@ def test_explicit_subnet_leased_by_another_lab_is_refused(book: LeaseBook) -> No
     assert book.get("b") is None
 
 
-@pytest.mark.xfail(strict=True, reason="library: an auto subnet chosen before an explicit one "
-                   "of the same lab can take that explicit subnet (fixed subnets are not marked "
-                   "busy up front)")
 def test_auto_subnet_avoids_an_explicit_subnet_of_the_same_lab(book: LeaseBook) -> None:
     fixed = ipaddress.IPv4Network("10.250.0.0/24")  # the first /24 of the pool
     lease = book.acquire("a", {"mgmt": None, "lab": fixed}, "custom")

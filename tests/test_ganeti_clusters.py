@@ -1,0 +1,93 @@
+"""Ganeti clusters formed from the lab's topology, for real: the default one-cluster layout and
+the two-cluster layout formed from the "booted" snapshot of the same machines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lab.ganeti.cluster import Cluster
+from lab.ganeti.rapi import RapiAuthError, RapiClient, RapiError
+from lab.machines import Lab
+
+
+def _check_cluster(c: Cluster) -> None:
+    verify = c.verify()
+    assert verify.ok, verify.output
+    info = c.rapi.info()
+    assert info["name"] == c.plan.fqdn
+    assert info["master"] == c.plan.master
+    assert sorted(n["name"] for n in c.rapi.nodes()) == sorted(c.plan.nodes)
+    assert set(c.plan.disk_templates) <= set(info["enabled_disk_templates"])
+    assert set(info["enabled_hypervisors"]) == {"fake", "kvm"}
+    assert info["master_netdev"] == "br0"
+
+
+@pytest.mark.lab(layout="one-cluster")
+def test_one_cluster_of_four_verifies(cluster: Cluster) -> None:
+    _check_cluster(cluster)
+    assert len(cluster.plan.nodes) == 4
+    storage = cluster.query("gnt-node list-storage -t lvm-vg", ["node", "name"])
+    assert {row["name"] for row in storage} == {"xenvg"}
+    assert len(storage) == 4
+
+
+@pytest.mark.lab(layout="one-cluster")
+def test_rapi_is_authenticated_pinned_and_on_the_cluster_ip(cluster: Cluster, lab: Lab) -> None:
+    ca = cluster.state_dir / "rapi-ca.pem"
+    wrong = RapiClient(cluster.plan.ip, username="lab-admin", password="not-the-password",
+                       ca_file=ca, timeout=20)
+    with pytest.raises(RapiAuthError):
+        wrong.add_tags("cluster", None, ["must-not-be-written"]).wait(timeout=60)
+    # A client pinning another certificate refuses the cluster's.
+    other = lab.dir / "not-the-cluster-ca.pem"
+    other.write_text(_foreign_certificate())
+    with pytest.raises(RapiError):
+        RapiClient(cluster.plan.ip, username="lab-admin", password="x", ca_file=other,
+                   timeout=20).version()
+    # Listening on the cluster IP, not on loopback.
+    assert not cluster.master.run(
+        "curl -sk --max-time 5 https://127.0.0.1:5080/version").ok
+    # The random password never reaches a run record or log.
+    password = json.loads((cluster.state_dir / "rapi.json").read_text())["password"]
+    for path in (lab.dir).rglob("*.log"):
+        assert password not in path.read_text(errors="replace")
+
+
+def _foreign_certificate() -> str:
+    from lab.ganeti.certs import rapi_certificate
+
+    return rapi_certificate("elsewhere.example", "192.0.2.1")[1]
+
+
+@pytest.mark.lab(layout="two-clusters")
+def test_two_clusters_from_the_booted_snapshot(clusters: dict[str, Cluster]) -> None:
+    assert sorted(clusters) == ["rack1", "rack2"]
+    for c in clusters.values():
+        _check_cluster(c)
+    nodes = [set(c.plan.nodes) for c in clusters.values()]
+    assert not nodes[0] & nodes[1]
+
+
+@pytest.mark.lab(layout="one-cluster")
+@pytest.mark.xfail(strict=True, reason=(
+    "Ganeti 3.0.2 bug: `gnt-cluster renew-crypto -f --rapi-certificate=FILE` alone prints "
+    "success and leaves /var/lib/ganeti/rapi.pem unchanged (also seen for "
+    "--cluster-domain-secret); the lab works around it with --new-confd-hmac-key "
+    "(lab/ganeti/bootstrap.py, logged as a warning)"))
+def test_renew_crypto_rapi_certificate_alone_replaces_the_certificate(cluster: Cluster) -> None:
+    from lab.ganeti.certs import rapi_certificate
+
+    pem, ca = rapi_certificate(cluster.plan.fqdn, cluster.plan.ip)
+    cluster.master.write_file("/root/new-rapi.pem", pem, 0o400)
+    before = cluster.master.succeed(
+        "openssl x509 -in /var/lib/ganeti/rapi.pem -noout -serial").strip()
+    out = cluster.gnt("gnt-cluster renew-crypto -f --rapi-certificate=/root/new-rapi.pem")
+    assert "have been replaced" in out  # Ganeti reports success either way
+    after = cluster.master.succeed(
+        "openssl x509 -in /var/lib/ganeti/rapi.pem -noout -serial").strip()
+    if after != before:  # fixed upstream: keep the lab's pinned certificate in step
+        (cluster.state_dir / "rapi-ca.pem").write_text(ca)
+        cluster.forget_rapi()
+    assert after != before, f"rapi.pem still has {before} after renew-crypto reported success"
