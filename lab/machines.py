@@ -147,9 +147,27 @@ class Lab:
 
     # Vagrant --------------------------------------------------------------------------------
 
+    def _vagrant_home(self) -> Path:
+        """A Vagrant home of the lab's own that shares the user's boxes and plugins.
+
+        Vagrant keeps one global machine index with per-machine locks in its home; two labs
+        brought up at once then fail with "Failed to lock new machine". A home per lab keeps
+        their indexes and locks apart, while boxes stay registered once.
+        """
+        shared = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
+        home = self.dir / "vagrant-home"
+        home.mkdir(exist_ok=True)
+        (shared / "boxes").mkdir(parents=True, exist_ok=True)
+        for name in ("boxes", "gems", "plugins.json", "rgloader"):
+            link = home / name
+            if (shared / name).exists() and not link.is_symlink():
+                link.symlink_to(shared / name)
+        return home
+
     def vagrant_env(self) -> dict[str, str]:
         return {
             **os.environ,
+            "VAGRANT_HOME": str(self._vagrant_home()),
             "VAGRANT_CWD": str(vagrantfile_dir()),
             "VAGRANT_DOTFILE_PATH": str(self.dir / "vagrant"),
             "VAGRANT_DEFAULT_PROVIDER": "libvirt",

@@ -31,6 +31,8 @@ from lab.snapshots import restore
 from lab.timings import Timings, host_facts, new_run_id
 
 log = logging.getLogger("lab.pytest")
+LOGGERS = ("lab.timings", "lab.session", "lab.machines", "lab.ganeti", "lab.pytest",
+           "lab.snapshots", "lab.artifacts")
 LAB_FIXTURES = {"lab", "cluster", "clusters", "lab_reset", "lab_host"}
 
 
@@ -86,9 +88,17 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.xmlpath = str(run_dir / "junit.xml")
     handler = _TerminalLine(config)
     handler.setLevel(logging.INFO)
-    for name in ("lab.timings", "lab.session", "lab.machines", "lab.ganeti"):
+    config.stash[_state_key]["handler"] = handler
+    for name in LOGGERS:
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(_state_key, None)
+    if state and state.get("handler"):
+        for name in LOGGERS:
+            logging.getLogger(name).removeHandler(state["handler"])
 
 
 class _TerminalLine(logging.Handler):
@@ -99,9 +109,12 @@ class _TerminalLine(logging.Handler):
         self.config = config
 
     def emit(self, record: logging.LogRecord) -> None:
-        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"[lab] {record.getMessage()}")
+        try:
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(f"[lab] {record.getMessage()}")
+        except Exception:
+            self.handleError(record)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -219,9 +232,12 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         return
     timings: Timings = _state(item.config)["timings"]
     cm = timings.phase(f"test {item.nodeid}")
-    cm.__enter__()
+    phase = cm.__enter__()
     outcome = yield
     excinfo = outcome.excinfo
+    if excinfo and isinstance(excinfo[1], pytest.skip.Exception):
+        phase.skip(str(excinfo[1]))  # a skip inside the test is not a failure
+        excinfo = None
     cm.__exit__(*(excinfo if excinfo else (None, None, None)))
 
 
@@ -279,7 +295,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         runs = Path(session.config.getoption("--lab-runs"))
         history = sorted(p.parent for p in runs.glob("*/timings.json"))
         html = report.render(history or [state["run_dir"]], state["run_dir"] / "report.html")
-    except LabError as exc:
+    except Exception as exc:  # a report problem must not hide the test results
         html = None
         log.warning("report not written: %s", exc)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

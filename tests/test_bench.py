@@ -1,0 +1,434 @@
+"""Tests for lab.bench: its pure helpers, and a smoke run of the smallest benchmark on a real
+tiny lab (skipped without virtualization, a failure under --lab-required)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import bench, topology
+from lab.images import ImageStore
+from lab.paths import object_prefix
+from lab.topology import TopologyError
+
+BIG_HOST = 1_000_000  # MiB: only the memory test sees the host check
+
+
+def _args(**flags: bool) -> argparse.Namespace:
+    values = {"output": None, "smallest": False, "skip_cold_build": False,
+              "skip_baseline": False, "skip_scaling": False}
+    values.update(flags)
+    return argparse.Namespace(**values)
+
+
+# TOML and generated topologies -----------------------------------------------------------------
+
+
+def test_dump_toml_round_trips_nested_tables_and_arrays() -> None:
+    data: dict[str, Any] = {
+        "top": 1,
+        "lab": {"name": "x", "description": 'quotes " and \\ and ünï', "flag": True},
+        "networks": {"mgmt": {"role": "management", "subnet": "auto"}},
+        "machines": {"node1": {"role": "hypervisor", "disks": [24, 8]}, "empty": {}},
+        "layouts": {"one-cluster": {"c1": {"nodes": ["node1", "node2"]}}},
+        "weird key": {"a.b": 1.5},
+    }
+    assert tomllib.loads(bench.dump_toml(data)) == data
+
+
+def test_dump_toml_refuses_what_a_topology_never_holds() -> None:
+    with pytest.raises(TypeError):
+        bench.dump_toml({"t": [{"a": 1}]})
+    with pytest.raises(TypeError):
+        bench.dump_toml({"t": {"a": object()}})
+
+
+def test_default_profile_survives_dump() -> None:
+    path = topology.profiles()["default"]
+    again = bench.dump_toml(tomllib.loads(path.read_text()))
+    original = topology.parse(path.read_text(), "a", BIG_HOST)
+    dumped = topology.parse(again, "b", BIG_HOST)
+    assert dumped.machines == original.machines
+    assert dumped.networks == original.networks
+    assert dumped.layouts == original.layouts
+    assert dumped.default_layout == original.default_layout
+
+
+@pytest.mark.parametrize("n", bench.SCALE_SIZES)
+def test_scaling_topology_parses_and_validates(n: int) -> None:
+    text = bench.scaling_topology_text(topology.profiles()["default"].read_text(), n)
+    topo = topology.parse(text, f"<{n} hypervisors>", BIG_HOST)
+    nodes = tuple(f"node{i}" for i in range(1, n + 1))
+    assert tuple(m.name for m in topo.hypervisors) == nodes
+    assert all(m.memory_mib == bench.SCALE_MEMORY_MIB for m in topo.hypervisors)
+    assert all(m.disks_gib and m.disks_gib[0] >= topology.MIN_VG_DISK_GIB
+               for m in topo.hypervisors)
+    assert topo.service.name == "service"
+    assert len(topo.machines) == n + 1
+    assert list(topo.layouts) == [bench.SCALE_LAYOUT]
+    assert topo.default_layout == bench.SCALE_LAYOUT
+    (cluster,) = topo.layout()
+    assert cluster.nodes == nodes
+    assert {net.role for net in topo.networks} == {"management", "cluster"}
+    assert all(net.subnet is None for net in topo.networks)  # still leased per lab
+
+
+def test_scaling_topology_keeps_the_host_memory_check() -> None:
+    text = bench.scaling_topology_text(topology.profiles()["default"].read_text(), 6)
+    with pytest.raises(TopologyError, match="memory"):
+        topology.parse(text, "<6 hypervisors>", host_memory_mib=4096)
+
+
+def test_scaling_topology_needs_a_hypervisor() -> None:
+    with pytest.raises(ValueError):
+        bench.scaling_topology_text(topology.profiles()["default"].read_text(), 0)
+
+
+# Figures -----------------------------------------------------------------------------------------
+
+
+def _phase(name: str, seconds: float) -> dict[str, Any]:
+    return {"name": name, "parent": None, "start": "2026-01-01T00:00:00.000Z",
+            "seconds": seconds, "outcome": "passed", "error": None, "metrics": {}}
+
+
+def test_bootstrap_breakdown_reads_init_node_adds_and_verify() -> None:
+    phases = [
+        _phase("save snapshot booted", 3.21),
+        _phase("cluster1: prepare 3 nodes", 2.0),
+        _phase("cluster1: gnt-cluster init", 45.4242),
+        _phase("cluster1: gnt-node add node2.lab", 58.2),
+        _phase("cluster1: gnt-node add node3.lab", 57.1),
+        _phase("cluster1: gnt-cluster verify", 12.5),
+        _phase("other: gnt-cluster init", 1.0),
+        _phase("cluster1", 180.0),
+    ]
+    out = bench.bootstrap_breakdown(phases, ["cluster1", "absent"])
+    assert out["phases"]["save snapshot booted"] == 3.21
+    c1 = out["clusters"]["cluster1"]
+    assert c1 == {"init_seconds": 45.424,
+                  "node_add_seconds": {"node2.lab": 58.2, "node3.lab": 57.1},
+                  "verify_seconds": 12.5}
+    assert out["clusters"]["absent"] == {"init_seconds": None, "node_add_seconds": {},
+                                         "verify_seconds": None}
+    json.dumps(out)
+
+
+def test_ratios_compare_ours_with_the_baseline() -> None:
+    lab = {"topology": "lab.toml", "cold_start_to_ssh_seconds": 200.0,
+           "bootstrap_one_cluster_seconds": 300.0, "per_test_reset_seconds": 10.0}
+    base = {"topology": "lab.toml", "total_seconds": 2000.0}
+    r = bench.compute_ratios(lab, base)
+    assert r["same_topology"] is True
+    assert r["ours_cold_start_and_bootstrap_seconds"] == 500.0
+    assert r["cold_start_and_bootstrap_over_baseline"] == 0.25
+    assert r["baseline_over_cold_start_and_bootstrap"] == 4.0
+    assert r["per_test_reset_over_baseline"] == 0.005
+    assert r["baseline_over_per_test_reset"] == 200.0
+
+
+def test_ratios_say_why_they_are_missing() -> None:
+    assert bench.compute_ratios({}, {"skipped": True, "reason": "--smallest"}) == {
+        "skipped": True, "reason": "baseline skipped: --smallest"}
+    r = bench.compute_ratios({"cold_start_to_ssh_seconds": 1.0, "error": "x"},
+                             {"total_seconds": 5.0, "error": "y"})
+    assert r["skipped"] is True
+    assert "lab.bootstrap_one_cluster_seconds" in r["reason"]
+    assert "baseline.total_seconds" not in r["reason"]
+
+
+def test_skip_reasons() -> None:
+    assert bench.skip_reason(_args(), "baseline") is None
+    assert bench.skip_reason(_args(smallest=True), "scaling") == "--smallest"
+    assert bench.skip_reason(_args(skip_cold_build=True), "cold_build") == "--skip-cold-build"
+    assert bench.skip_reason(_args(skip_cold_build=True), "baseline") is None
+    assert bench.skip_reason(argparse.Namespace(), "scaling") is None
+
+
+def test_skipped_sections_touch_nothing() -> None:
+    # No store, no timings, no libvirt: a skipped section must not need any of them.
+    none: Any = None
+    assert bench.baseline_section(_args(skip_baseline=True), none, none, none) == {
+        "skipped": True, "reason": "--skip-baseline"}
+    assert bench.scaling_section(_args(smallest=True), none, none) == {
+        "skipped": True, "reason": "--smallest"}
+
+
+def test_median_and_rounding() -> None:
+    assert bench.median([3.0, 1.0, 2.0]) == 2.0
+    assert bench.median([1.00001, 1.00002, 9.0]) == 1.0
+
+
+def test_timed_records_seconds_or_the_failed_step() -> None:
+    doc: dict[str, Any] = {}
+    with bench._timed(doc, "a_seconds"):
+        pass
+    assert doc["a_seconds"] >= 0
+    with pytest.raises(RuntimeError), bench._timed(doc, "outer"), bench._timed(doc, "inner"):
+        raise RuntimeError("boom")
+    assert doc["failed_step"] == "inner"
+    assert "outer" not in doc and "inner" not in doc
+
+
+def test_error_text_is_one_string_with_the_type() -> None:
+    assert bench._error(RuntimeError("boom\n  fix: x")) == "RuntimeError: boom\n  fix: x"
+    assert bench._error(KeyError()) == "KeyError"
+    assert len(bench._error(ValueError("x" * 10_000))) == 4000
+
+
+def test_remove_tree(tmp_path: Path) -> None:
+    victim = tmp_path / "cold" / "images"
+    victim.mkdir(parents=True)
+    (victim / "f").write_text("x")
+    bench._remove_tree(tmp_path / "cold")
+    assert not (tmp_path / "cold").exists()
+    bench._remove_tree(tmp_path / "absent")  # nothing to do
+
+
+def test_bench_lab_names_never_overlap() -> None:
+    """destroy() removes objects by name prefix: no bench lab may catch another's objects."""
+    names = [bench.LAB_NAME, bench.BASELINE_NAME, *bench.PAIR_NAMES,
+             *(f"bench-scale-{n}" for n in bench.SCALE_SIZES)]
+    for a, b in itertools.permutations(names, 2):
+        assert not object_prefix(b).startswith(object_prefix(a)), (a, b)
+
+
+def test_baseline_method_says_what_is_excluded() -> None:
+    assert "NOT timed" in bench.BASELINE_METHOD
+    assert "download" in bench.BASELINE_METHOD
+
+
+# The orchestration, with every lab, image and libvirt call faked -------------------------------
+
+
+class _FakeMachine:
+    def __init__(self, name: str, log: list[str]) -> None:
+        self.name, self.log = name, log
+
+    def wait_for_ssh(self, timeout: float = 0) -> float:
+        return 0.0
+
+    def put(self, local: Path, remote: str) -> None:
+        self.log.append(f"{self.name}: put {local.name}")
+
+    def succeed(self, command: str, timeout: float = 0) -> str:
+        self.log.append(f"{self.name}: {command.split()[0]}")
+        return "3.0.2-3" if command.startswith("dpkg-query") else ""
+
+    def write_file(self, remote: str, text: str, mode: int = 0o644) -> None:
+        self.log.append(f"{self.name}: write {remote}")
+
+
+class _FakeLab:
+    made: list[str] = []
+
+    def __init__(self, topo: topology.Topology, name: str) -> None:
+        from types import SimpleNamespace
+
+        self.name, self.accelerator, self.log = name, "tcg: fake", []
+        self.plan = SimpleNamespace(
+            topology=topo.source, console_dir="/nowhere",
+            layouts={k: [SimpleNamespace(name=c.name) for c in v]
+                     for k, v in topo.layouts.items()})
+        self.hypervisors = [_FakeMachine(m.name, self.log) for m in topo.hypervisors]
+
+    @classmethod
+    def prepare(cls, topo: topology.Topology, name: str, store: Any) -> _FakeLab:
+        cls.made.append(name)
+        return cls(topo, name)
+
+    def up(self, steps: Any) -> None:
+        with steps.step("boot"):
+            time.sleep(0.002)
+
+    def on_all(self, fn: Any, machines: Any = None) -> dict[str, Any]:
+        return {m.name: fn(m) for m in self.hypervisors}
+
+    def vagrant_env(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def faked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str]]:
+    import functools
+    from types import SimpleNamespace
+
+    from lab import virt
+    from lab.accel import Accelerator
+
+    calls: dict[str, list[str]] = {"destroyed": [], "layouts": [], "restores": []}
+    _FakeLab.made = []
+    monkeypatch.setenv("GANETI_LAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(topology, "host_memory", lambda: BIG_HOST)  # any CI host fits
+    monkeypatch.setattr(bench, "Lab", _FakeLab)
+    monkeypatch.setattr(bench, "host_facts", lambda: {"cores": 2})
+    monkeypatch.setattr(bench.accel, "detect",
+                        functools.cache(lambda kernel=None: Accelerator("tcg", "fake")))
+    monkeypatch.setattr(bench, "build_images", lambda store, **kw: {})
+    monkeypatch.setattr(bench, "_boxes_of", lambda topo, store: [])
+    monkeypatch.setattr(bench, "_box_volumes_present", lambda boxes: {b: True for b in boxes})
+    monkeypatch.setattr(bench, "LeaseBook", lambda: SimpleNamespace(get=lambda name: None))
+    monkeypatch.setattr(virt, "find", lambda prefix="": virt.LabObjects())
+    monkeypatch.setattr(bench, "destroy", lambda name: calls["destroyed"].append(name))
+
+    def ensure_layout(lab: _FakeLab, layout: str, timings: Any) -> None:
+        calls["layouts"].append(f"{lab.name}:{layout}")
+        time.sleep(0.002)
+        for cp in lab.plan.layouts[layout]:
+            with timings.phase(f"{cp.name}: gnt-cluster init"):
+                pass
+            with timings.phase(f"{cp.name}: gnt-node add nodeX.lab"):
+                pass
+            with timings.phase(f"{cp.name}: gnt-cluster verify"):
+                pass
+
+    monkeypatch.setattr(bench, "ensure_layout", ensure_layout)
+    monkeypatch.setattr(bench, "form_layout", ensure_layout)
+    verify = SimpleNamespace(ok=True, warnings=["w"], errors=[], output="")
+    monkeypatch.setattr(bench, "clusters_of", lambda lab, layout: {
+        cp.name: SimpleNamespace(verify=lambda: verify) for cp in lab.plan.layouts[layout]})
+    monkeypatch.setattr(bench.snapshots, "save",
+                        lambda lab, name: SimpleNamespace(seconds=0.5))
+    monkeypatch.setattr(bench.snapshots, "delete", lambda lab, name: None)
+    def restore(lab: Any, name: str) -> None:
+        calls["restores"].append(name)
+        time.sleep(0.002)
+
+    monkeypatch.setattr(bench.snapshots, "restore", restore)
+    monkeypatch.setattr(bench, "baseline_inputs", lambda store, steps: (
+        tmp_path, {"box": "ganeti-lab-base-k", "debs": ["a_1_amd64.deb"], "debs_bytes": 2**20},
+        True))
+    monkeypatch.setattr(bench, "_use_box", lambda lab, box, directory: None)
+    monkeypatch.setattr(virt, "ensure_default_pool", lambda: None)
+    monkeypatch.setattr(virt, "ensure_networks", lambda plan: None)
+    monkeypatch.setattr(bench.shell, "run", lambda argv, **kw: None)
+    monkeypatch.setattr(bench, "settle", lambda lab: None)
+    return calls
+
+
+def test_run_bench_assembles_every_section_with_fakes(faked: dict[str, list[str]]) -> None:
+    doc = bench.run_bench(_args(skip_cold_build=True))
+    json.dumps(doc)
+    assert doc["host"]["accelerator"] == {"name": "tcg", "reason": "fake",
+                                          "probe_seconds": doc["host"]["accelerator"][
+                                              "probe_seconds"]}
+    assert doc["images"]["cold_build_skipped"] == "--skip-cold-build"
+
+    lab = doc["lab"]
+    assert "error" not in lab, lab.get("error")
+    assert lab["hypervisors"] == 4
+    assert lab["up_steps"].keys() == {"boot"}
+    assert lab["bootstrap"]["clusters"]["cluster1"]["node_add_seconds"].keys() == {"nodeX.lab"}
+    assert set(lab["bootstrap_two_clusters"]["clusters"]) == {"rack1", "rack2"}
+    assert len(lab["per_test_reset_samples"]) == bench.RESET_SAMPLES
+    assert lab["verify_after_restore"] == {"cluster1": {"ok": True, "warnings": 1}}
+    assert faked["restores"] == ["cluster-one-cluster"] * (1 + bench.RESET_SAMPLES)
+
+    base = doc["baseline"]
+    assert "error" not in base, base.get("error")
+    assert base["method"] == bench.BASELINE_METHOD
+    assert list(base["provision"]) == ["node1", "node2", "node3", "node4"]
+    assert base["provision"]["node1"]["ganeti_version"] == "3.0.2-3"
+    for key in ("prepare_seconds", "vagrant_up_seconds", "provision_seconds",
+                "settle_seconds", "bootstrap_seconds", "total_seconds"):
+        assert base[key] >= 0, key
+    assert base["bootstrap"]["clusters"]["cluster1"]["init_seconds"] is not None
+
+    ratios = doc["ratios"]
+    assert ratios["same_topology"] is True
+    assert ratios["cold_start_and_bootstrap_over_baseline"] > 0
+    assert ratios["per_test_reset_over_baseline"] > 0
+
+    scaling = doc["scaling"]
+    assert [x["hypervisors"] for x in scaling["labs"]] == list(bench.SCALE_SIZES)
+    assert all("error" not in x for x in scaling["labs"]), scaling["labs"]
+    pair = scaling["two_tiny_labs_at_once"]
+    assert "error" not in pair, pair.get("error")
+    assert set(pair["labs"]) == set(bench.PAIR_NAMES)
+    assert all(v["up_seconds"] >= 0 for v in pair["labs"].values())
+
+    made = [bench.LAB_NAME, bench.BASELINE_NAME,
+            *(f"bench-scale-{n}" for n in bench.SCALE_SIZES), *bench.PAIR_NAMES]
+    assert _FakeLab.made == made
+    assert sorted(faked["destroyed"]) == sorted(made)  # everything made is destroyed
+
+
+def test_a_failing_step_is_recorded_and_the_lab_still_destroyed(
+        faked: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.errors import LabError
+
+    def broken(lab: Any, name: str) -> None:
+        raise LabError("restore went wrong", "fix it")
+
+    monkeypatch.setattr(bench.snapshots, "restore", broken)
+    doc = bench.run_bench(_args(smallest=True))
+    lab = doc["lab"]
+    assert lab["error"].startswith("LabError: restore went wrong")
+    assert lab["failed_step"] == "restore_to_verified_cluster_seconds"
+    assert lab["snapshot_save_seconds"] >= 0  # what was measured before is kept
+    assert faked["destroyed"] == [bench.LAB_NAME]
+    assert lab["destroy_seconds"] >= 0
+    assert doc["baseline"] == {"skipped": True, "reason": "--smallest"}
+
+
+# The real thing, smallest settings ---------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_smoke_smallest_bench_on_a_tiny_lab(lab_host: ImageStore) -> None:
+    from lab import virt
+    from lab.leases import LeaseBook
+
+    doc = bench.run_bench(_args(smallest=True, skip_cold_build=True, skip_baseline=True,
+                                skip_scaling=True))
+    json.dumps(doc)  # one JSON document, as the CLI prints it
+    assert {"schema", "run_id", "host", "images", "lab", "baseline", "ratios", "scaling",
+            "total_seconds"} <= set(doc)
+
+    host = doc["host"]
+    assert host["cores"] > 0
+    assert host["accelerator"]["name"] in ("kvm", "tcg")
+    assert host["accelerator"]["reason"]
+
+    images = doc["images"]
+    assert images["cold_build_seconds"] is None
+    assert images["cold_build_skipped"] == "--smallest"
+    assert images["warm_build_seconds"] > 0
+
+    lab = doc["lab"]
+    assert "error" not in lab, lab["error"]
+    assert lab["hypervisors"] == 1
+    for key in ("cold_start_to_ssh_seconds", "prepare_seconds", "up_seconds",
+                "bootstrap_one_cluster_seconds", "snapshot_save_seconds",
+                "restore_to_verified_cluster_seconds", "per_test_reset_seconds",
+                "destroy_seconds"):
+        assert lab[key] > 0, key
+    assert lab["cold_start_to_ssh_seconds"] >= lab["up_seconds"]
+    assert lab["up_steps"] and all(v >= 0 for v in lab["up_steps"].values())
+    assert len(lab["per_test_reset_samples"]) == bench.RESET_SAMPLES
+    assert all(s > 0 for s in lab["per_test_reset_samples"])
+    assert all(v["ok"] for v in lab["verify_after_restore"].values())
+    (cluster,) = lab["bootstrap"]["clusters"].values()
+    assert cluster["init_seconds"] > 0
+    assert cluster["verify_seconds"] > 0
+    assert cluster["node_add_seconds"] == {}  # the tiny lab's cluster has one node
+    assert lab["bootstrap_two_clusters_seconds"] is None
+    assert lab["bootstrap_two_clusters_skipped"]
+    assert "left_behind" not in lab
+
+    assert doc["baseline"] == {"skipped": True, "reason": "--smallest"}
+    assert doc["scaling"] == {"skipped": True, "reason": "--smallest"}
+    assert doc["ratios"]["skipped"] is True
+
+    assert virt.find(object_prefix(bench.LAB_NAME)).empty()
+    assert LeaseBook().get(bench.LAB_NAME) is None

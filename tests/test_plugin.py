@@ -1,0 +1,541 @@
+"""Tests for the pytest plugin (lab/pytest_plugin.py, entry point `ganeti_lab`).
+
+Every test runs an inner pytest in-process (pytester) in a temporary directory, with an
+explicit `--lab-runs` below it, and never brings up a lab: virtualization is faked, or the
+`lab` fixture is overridden by a dummy in the inner conftest.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+# Imported here, before any inner run: pytester drops the modules an inner run imported, and
+# numpy (matplotlib, used by the report) cannot be imported a second time in one process.
+import matplotlib.backends.backend_agg
+import matplotlib.dates
+import matplotlib.figure
+import matplotlib.patches  # noqa: F401
+import pytest
+
+import lab.pytest_plugin as plugin
+from lab.pytest_plugin import SizeProfile
+from lab.timings import Timings
+
+pytest_plugins = ["pytester"]
+
+RUN_ID = "plugin-test-run"
+NO_VIRT = "qemu-system-x86_64 is not installed"
+LAB_OPTIONS = (
+    "--lab-topology",
+    "--lab-name",
+    "--lab-reuse",
+    "--lab-keep",
+    "--lab-required",
+    "--lab-artifacts",
+    "--lab-runs",
+    "--lab-profile",
+)
+PLUGIN_FIXTURES = ("lab", "lab_host", "cluster", "clusters", "lab_reset", "timings", "lab_profile")
+PLUGIN_LOGGERS = ("lab.timings", "lab.session", "lab.machines", "lab.ganeti")
+
+DUMMY_LAB_CONFTEST = """
+import pytest
+
+@pytest.fixture(scope="session")
+def lab():
+    return None
+"""
+
+
+@pytest.fixture(autouse=True)
+def _isolated_lab_logging() -> Iterator[None]:
+    """The plugin's pytest_configure adds a terminal handler to the lab loggers of every
+    (inner) config and never removes it: keep the inner runs' handlers from outliving them
+    (they would write to a closed capture) and the outer run's from echoing inner lines."""
+    saved = {name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level)
+             for name in PLUGIN_LOGGERS}
+    for name in PLUGIN_LOGGERS:
+        logging.getLogger(name).handlers = []
+    yield
+    for name, (handlers, level) in saved.items():
+        logging.getLogger(name).handlers = handlers
+        logging.getLogger(name).setLevel(level)
+
+
+@pytest.fixture
+def runs(pytester: pytest.Pytester) -> Path:
+    return pytester.path / "lab-runs"
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, runs: Path):
+    """Run the inner pytest in-process, never writing outside pytester's directory."""
+
+    def _run(*args: str) -> pytest.RunResult:
+        return pytester.runpytest_inprocess("-p", "no:cacheprovider", f"--lab-runs={runs}",
+                                            *args)
+
+    return _run
+
+
+@pytest.fixture
+def no_virt(monkeypatch: pytest.MonkeyPatch) -> None:
+    def problem() -> str:
+        return NO_VIRT
+
+    monkeypatch.setattr(plugin, "virtualization_problem", problem)
+
+
+@pytest.fixture
+def run_dir(monkeypatch: pytest.MonkeyPatch, runs: Path) -> Path:
+    monkeypatch.setenv("GANETI_LAB_RUN_ID", RUN_ID)
+    return runs / RUN_ID
+
+
+def outcomes(result: pytest.RunResult) -> dict[str, int]:
+    return result.parseoutcomes()
+
+
+# 1. options --------------------------------------------------------------------------------
+
+
+def test_options_documented_in_help(run) -> None:
+    result = run("--help")
+    assert result.ret == pytest.ExitCode.OK
+    out = result.stdout.str()
+    assert "ganeti-lab labs:" in out
+    section = out[out.index("ganeti-lab labs:"):]
+    for option in LAB_OPTIONS:
+        match = re.search(rf"^\s+{re.escape(option)}(=\S+)?\s+(\S.*)$", section, re.MULTILINE)
+        assert match, f"{option} is not listed with a help text in the ganeti-lab group"
+    flat = " ".join(section.split())
+    for words in ("topology TOML file", "reuse a running lab", "always, failed",
+                  "not a skip", "run records", "scenario size profile"):
+        assert words in flat
+
+
+@pytest.mark.parametrize("option", ["--lab-keep=bogus", "--lab-profile=huge"])
+def test_bad_choice_rejected(run, pytester: pytest.Pytester, option: str) -> None:
+    pytester.makepyfile(test_x="def test_x(): pass")
+    result = run(option)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    value = option.split("=")[1]
+    result.stderr.fnmatch_lines([f"*invalid choice: '{value}'*"])
+    assert "passed" not in result.stdout.str()
+
+
+@pytest.mark.parametrize("keep", ["always", "failed", "never"])
+def test_keep_policies_accepted(run, pytester: pytest.Pytester, keep: str) -> None:
+    pytester.makepyfile(test_x="def test_x(): pass")
+    result = run(f"--lab-keep={keep}")
+    result.assert_outcomes(passed=1)
+
+
+# 2. marker ---------------------------------------------------------------------------------
+
+
+def test_lab_marker_registered_for_strict_markers(run, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_marked="""
+        import pytest
+
+        @pytest.mark.lab(layout="two-clusters")
+        def test_marked():
+            pass
+    """)
+    result = run("--strict-markers")
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
+
+
+def test_unregistered_marker_still_rejected(run, pytester: pytest.Pytester) -> None:
+    # Control for the test above: --strict-markers does reject an unknown marker here.
+    pytester.makepyfile(test_marked="""
+        import pytest
+
+        @pytest.mark.labb(layout="two-clusters")
+        def test_marked():
+            pass
+    """)
+    result = run("--strict-markers")
+    assert result.ret != pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["*'labb' not found in `markers`*"])
+
+
+def test_markers_lists_lab(run) -> None:
+    result = run("--markers")
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(["@pytest.mark.lab(layout=NAME): the test needs the lab's*"])
+
+
+# 3. fixtures -------------------------------------------------------------------------------
+
+
+def test_fixtures_documented(run) -> None:
+    result = run("--fixtures")
+    assert result.ret == pytest.ExitCode.OK
+    lines = result.stdout.lines
+    for name in PLUGIN_FIXTURES:
+        heads = [i for i, line in enumerate(lines)
+                 if re.match(rf"^{name}( \[\w+ scope\])?( -- .*)?$", line)]
+        assert len(heads) == 1, f"fixture {name} is not listed once: {heads}"
+        desc = lines[heads[0] + 1]
+        assert desc.startswith("    ") and desc.strip(), f"fixture {name} has no description"
+        assert "no docstring" not in desc
+        assert len(desc.strip()) > 20
+
+
+def test_fixture_scopes(run) -> None:
+    result = run("--fixtures")
+    out = result.stdout.str()
+    for name in ("lab", "lab_host", "lab_profile"):
+        assert re.search(rf"^{name} \[session scope\]", out, re.MULTILINE), name
+    for name in ("cluster", "clusters", "lab_reset", "timings"):
+        assert re.search(rf"^{name}( -- .*)?$", out, re.MULTILINE), name
+
+
+# 4. no virtualization ----------------------------------------------------------------------
+
+NEEDS_LAB = """
+def test_host(lab_host):
+    raise AssertionError("must not run without virtualization")
+
+def test_lab(lab):
+    raise AssertionError("must not run without virtualization")
+
+def test_plain():
+    assert 1 + 1 == 2
+"""
+
+
+def test_no_virtualization_skips_lab_tests(run, pytester, no_virt, runs) -> None:
+    pytester.makepyfile(test_needs_lab=NEEDS_LAB)
+    result = run("-rs")
+    result.assert_outcomes(passed=1, skipped=2)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines([f"SKIPPED * no virtualization: {NO_VIRT}"])
+    assert "must not run" not in result.stdout.str()
+
+
+def test_no_virtualization_with_lab_required_fails(run, pytester, no_virt) -> None:
+    pytester.makepyfile(test_needs_lab=NEEDS_LAB)
+    result = run("--lab-required")
+    # pytest.fail in the (session) fixture: both lab tests fail at setup.
+    result.assert_outcomes(passed=1, errors=2)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert "--lab-required" in out
+    assert NO_VIRT in out
+    result.stdout.fnmatch_lines([f"*no virtualization (--lab-required): {NO_VIRT}*"])
+    assert "must not run" not in out
+
+
+def test_plain_tests_never_check_virtualization(run, pytester, monkeypatch) -> None:
+    calls: list[int] = []
+
+    def problem() -> str:
+        calls.append(1)
+        return NO_VIRT
+
+    monkeypatch.setattr(plugin, "virtualization_problem", problem)
+    pytester.makepyfile(test_plain="def test_a(): pass\ndef test_b(timings): pass\n")
+    result = run("--lab-required")
+    result.assert_outcomes(passed=2)
+    assert calls == []
+
+
+# 5. timing records -------------------------------------------------------------------------
+
+TIMED = """
+def test_work(timings):
+    with timings.phase("inner work", things=3) as p:
+        p.metric("label", "x")
+
+def test_broken(timings):
+    raise AssertionError("boom")
+
+def test_plain():
+    pass
+"""
+
+
+def test_timings_record_and_report(run, pytester, run_dir: Path) -> None:
+    pytester.makepyfile(test_timed=TIMED)
+    result = run()
+    result.assert_outcomes(passed=2, failed=1)
+
+    doc = Timings.load(run_dir / "timings.json")
+    assert doc["run_id"] == RUN_ID
+    assert doc["meta"]["profile"] == "small"
+    assert doc["meta"]["exitstatus"] == int(pytest.ExitCode.TESTS_FAILED)
+    phases = {p["name"]: p for p in doc["phases"]}
+    work, broken = "test test_timed.py::test_work", "test test_timed.py::test_broken"
+    assert phases[work]["outcome"] == "passed"
+    assert phases[work]["parent"] is None
+    assert phases[broken]["outcome"] == "failed"
+    assert "AssertionError: boom" in phases[broken]["error"]
+    inner = phases["inner work"]
+    assert inner["parent"] == work
+    assert inner["outcome"] == "passed"
+    assert inner["metrics"] == {"things": 3, "label": "x"}
+    assert phases[work]["seconds"] >= inner["seconds"] >= 0
+    # plain tests are not lab phases
+    assert not any("test_plain" in name for name in phases)
+
+    junit = run_dir / "junit.xml"
+    assert junit.is_file()
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert set(cases) == {"test_work", "test_broken", "test_plain"}
+    props = {p.get("name"): p.get("value") for p in cases["test_work"].iter("property")}
+    assert f"seconds:{work}" in props
+    assert "seconds:inner work" in props
+    assert float(props["seconds:inner work"]) >= 0
+    assert props["inner work:things"] == "3"
+    broken_props = {p.get("name") for p in cases["test_broken"].iter("property")}
+    assert f"seconds:{broken}" in broken_props
+    assert not list(cases["test_plain"].iter("property"))
+
+    assert (run_dir / "report.html").is_file()
+    assert (run_dir / "report.html").stat().st_size > 0
+
+    result.stdout.fnmatch_lines(["[[]lab[]] finished: inner work in * s"])
+    result.stdout.fnmatch_lines([f"[[]lab[]] timings: {run_dir / 'timings.json'}"])
+    result.stdout.fnmatch_lines([f"[[]lab[]] report: {run_dir / 'report.html'}"])
+    assert re.search(r"^\[lab\] finished: test test_timed.py::test_broken in [\d.]+ s "
+                     r"\(failed: AssertionError: boom\)", result.stdout.str(), re.MULTILINE)
+
+
+def test_explicit_junitxml_is_respected(run, pytester, run_dir: Path) -> None:
+    pytester.makepyfile(test_timed=TIMED)
+    other = pytester.path / "other.xml"
+    result = run(f"--junitxml={other}")
+    result.assert_outcomes(passed=2, failed=1)
+    assert other.is_file()
+    assert not (run_dir / "junit.xml").exists()
+    assert (run_dir / "timings.json").is_file()
+
+
+def test_no_lab_phases_no_timings(run, pytester, run_dir: Path) -> None:
+    pytester.makepyfile(test_plain="def test_a(): pass")
+    result = run()
+    result.assert_outcomes(passed=1)
+    assert (run_dir / "junit.xml").is_file()  # the run record exists anyway
+    assert not (run_dir / "timings.json").exists()
+    assert not (run_dir / "report.html").exists()
+    assert "[lab] timings:" not in result.stdout.str()
+
+
+def test_timings_nodeids_include_parametrize(run, pytester, run_dir: Path) -> None:
+    pytester.makepyfile(test_param="""
+        import pytest
+
+        @pytest.mark.parametrize("n", [1, 2])
+        def test_n(timings, n):
+            with timings.phase(f"step {n}", n=n):
+                pass
+    """)
+    run().assert_outcomes(passed=2)
+    phases = {p["name"]: p for p in Timings.load(run_dir)["phases"]}
+    for n in (1, 2):
+        assert phases[f"step {n}"]["parent"] == f"test test_param.py::test_n[{n}]"
+        assert phases[f"step {n}"]["metrics"] == {"n": n}
+
+
+# 6. ordering -------------------------------------------------------------------------------
+
+
+def test_lab_tests_grouped_by_layout(run, pytester) -> None:
+    pytester.makeconftest(DUMMY_LAB_CONFTEST)
+    pytester.makepyfile(
+        test_a="""
+            import pytest
+
+            def test_plain_a():
+                pass
+
+            @pytest.mark.lab(layout="two-clusters")
+            def test_two_1(lab):
+                pass
+
+            @pytest.mark.lab(layout="one-cluster")
+            def test_one_1(cluster):
+                pass
+
+            @pytest.mark.lab(layout="two-clusters")
+            def test_marked_without_lab_fixture():
+                pass
+
+            def test_timings_only(timings):
+                pass
+
+            @pytest.mark.lab(layout="two-clusters")
+            def test_two_2(clusters):
+                pass
+
+            def test_lab_no_layout(lab_reset):
+                pass
+        """,
+        test_b="""
+            import pytest
+
+            @pytest.mark.lab(layout="one-cluster")
+            def test_one_2(lab):
+                pass
+
+            def test_plain_b():
+                pass
+        """,
+    )
+    result = run("--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    ids = [line for line in result.stdout.lines if "::" in line]
+    assert ids == [
+        "test_a.py::test_plain_a",
+        "test_a.py::test_marked_without_lab_fixture",
+        "test_a.py::test_timings_only",
+        "test_b.py::test_plain_b",
+        "test_a.py::test_lab_no_layout",
+        "test_a.py::test_one_1",
+        "test_b.py::test_one_2",
+        "test_a.py::test_two_1",
+        "test_a.py::test_two_2",
+    ]
+
+
+def test_class_marker_counts_for_layout(run, pytester) -> None:
+    pytester.makeconftest(DUMMY_LAB_CONFTEST)
+    pytester.makepyfile(test_cls="""
+        import pytest
+
+        @pytest.mark.lab(layout="z-layout")
+        class TestZ:
+            def test_z(self, lab):
+                pass
+
+        def test_a_layout_from_function(lab):
+            pass
+
+        @pytest.mark.lab(layout="a-layout")
+        def test_a(lab):
+            pass
+    """)
+    result = run("--collect-only", "-q")
+    ids = [line for line in result.stdout.lines if "::" in line]
+    assert ids == [
+        "test_cls.py::test_a_layout_from_function",
+        "test_cls.py::test_a",
+        "test_cls.py::TestZ::test_z",
+    ]
+
+
+# 7. size profile ---------------------------------------------------------------------------
+
+
+def test_size_profile_pick() -> None:
+    assert SizeProfile("small").pick(small=1, full=4) == 1
+    assert SizeProfile("full").pick(small=1, full=4) == 4
+    assert SizeProfile("small") == SizeProfile("small")
+    with pytest.raises(AttributeError):
+        SizeProfile("small").name = "full"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("args", "name", "count"),
+                         [((), "small", 1), (("--lab-profile=small",), "small", 1),
+                          (("--lab-profile=full",), "full", 4)])
+def test_lab_profile_fixture(run, pytester, args, name, count) -> None:
+    pytester.makepyfile(test_profile=f"""
+        from lab.pytest_plugin import SizeProfile
+
+        def test_profile(lab_profile):
+            assert isinstance(lab_profile, SizeProfile)
+            assert lab_profile.name == {name!r}
+            assert lab_profile.pick(small=1, full=4) == {count}
+    """)
+    run(*args).assert_outcomes(passed=1)
+
+
+def test_lab_profile_in_timings_meta(run, pytester, run_dir: Path) -> None:
+    pytester.makepyfile(test_t="def test_t(timings):\n    pass\n")
+    run("--lab-profile=full").assert_outcomes(passed=1)
+    assert Timings.load(run_dir)["meta"]["profile"] == "full"
+
+
+# 8. artifacts ------------------------------------------------------------------------------
+
+
+def test_failed_lab_test_without_session_collects_nothing(run, pytester, runs, run_dir) -> None:
+    pytester.makeconftest(DUMMY_LAB_CONFTEST)
+    pytester.makepyfile(test_fail="""
+        def test_fails(lab):
+            assert lab is None
+            raise AssertionError("scenario broke")
+
+        def test_ok(lab):
+            pass
+    """)
+    artifacts = pytester.path / "artifacts"
+    result = run(f"--lab-artifacts={artifacts}")
+    result.assert_outcomes(passed=1, failed=1, errors=0)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    out = result.stdout.str()
+    assert "ERROR" not in out
+    assert "scenario broke" in out
+    assert not artifacts.exists()
+    assert not (run_dir / "artifacts").exists()
+    phases = {p["name"]: p for p in Timings.load(run_dir)["phases"]}
+    assert phases["test test_fail.py::test_fails"]["outcome"] == "failed"
+    assert not any(name.startswith("collect artifacts") for name in phases)
+
+
+def test_failed_setup_of_lab_test_is_not_an_extra_error(run, pytester, run_dir) -> None:
+    pytester.makeconftest(DUMMY_LAB_CONFTEST + """
+@pytest.fixture
+def broken(lab):
+    raise RuntimeError("setup broke")
+""")
+    pytester.makepyfile(test_fail="def test_setup(broken):\n    pass\n")
+    result = run()
+    result.assert_outcomes(errors=1)
+    assert result.stdout.str().count("setup broke") >= 1
+    assert "teardown" not in result.stdout.str()
+
+
+# Robustness of the run record --------------------------------------------------------------
+
+
+def test_report_error_does_not_fail_the_run(run, pytester, run_dir, monkeypatch) -> None:
+    from lab.report import ReportError
+
+    def broken_render(*args, **kwargs):
+        raise ReportError("no runs to plot")
+
+    monkeypatch.setattr(plugin.report, "render", broken_render)
+    pytester.makepyfile(test_t="def test_t(timings):\n    pass\n")
+    result = run()
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.OK
+    assert (run_dir / "timings.json").is_file()
+    assert not (run_dir / "report.html").exists()
+    assert "[lab] report:" not in result.stdout.str()
+
+
+def test_report_crash_does_not_fail_the_run(run, pytester, run_dir, monkeypatch) -> None:
+    def broken_render(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(plugin.report, "render", broken_render)
+    pytester.makepyfile(test_t="def test_t(timings):\n    pass\n")
+    result = run()
+    assert (run_dir / "timings.json").is_file()
+    assert result.ret == pytest.ExitCode.OK
+    result.assert_outcomes(passed=1)
+
+
+def test_terminal_log_handler_removed_after_run(run, pytester) -> None:
+    pytester.makepyfile(test_t="def test_t(timings):\n    pass\n")
+    run().assert_outcomes(passed=1)
+    leftover = {name: logging.getLogger(name).handlers for name in PLUGIN_LOGGERS}
+    assert leftover == {name: [] for name in PLUGIN_LOGGERS}
