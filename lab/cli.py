@@ -107,7 +107,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         print(plan_path)
     else:
         env = lab.vagrant_env()
-        for key in ("VAGRANT_CWD", "VAGRANT_DOTFILE_PATH", "GANETI_LAB_PLAN",
+        for key in ("VAGRANT_HOME", "VAGRANT_CWD", "VAGRANT_DOTFILE_PATH", "GANETI_LAB_PLAN",
                     "VAGRANT_DEFAULT_PROVIDER"):
             print(f"export {key}={env[key]}")
     return 0
@@ -153,11 +153,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_ssh(args: argparse.Namespace) -> int:
     lab = Lab.attach(_lab_name(args))
-    m = lab.plan.machine(args.node) if args.node in {x.name for x in lab.plan.machines} \
-        else None
-    if m is None:
-        raise LabError(f"lab {lab.name} has no machine {args.node!r}",
-                       f"choose one of: {', '.join(x.name for x in lab.plan.machines)}")
+    m = lab.plan.machine(args.node)
     argv = ["ssh", "-i", lab.plan.key, "-o", f"UserKnownHostsFile={lab.dir / 'known_hosts'}",
             "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR",
             f"root@{m.mgmt_ip}", *_strip_dashes(args.remote_command)]
@@ -196,6 +192,13 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 
 def cmd_destroy(args: argparse.Namespace) -> int:
+    if args.all:
+        names = sorted(LeaseBook().all())
+        for name in names:
+            console.print(f"lab {name}: removed {destroy(name)}")
+        for lab, objects in destroy_stale().items():
+            console.print(f"{lab}: removed {objects}")
+        return 0
     if args.stale:
         removed = destroy_stale()
         for lab, objects in removed.items():
@@ -204,7 +207,7 @@ def cmd_destroy(args: argparse.Namespace) -> int:
             console.print("nothing stale")
         return 0
     if not args.lab:
-        raise LabError("which lab?", "give a lab name, or --stale for labs of dead runs")
+        raise LabError("which lab?", "give a lab name, --stale for labs of dead runs, or --all")
     for name in args.lab:
         objects = destroy(name)
         console.print(f"lab {name}: removed {objects}")
@@ -271,6 +274,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("lab", nargs="*", help="lab name(s)")
     sp.add_argument("--stale", action="store_true",
                     help="remove labs whose owner process is gone, and orphaned objects")
+    sp.add_argument("--all", action="store_true",
+                    help="remove every lab on this host, kept ones too, and orphans")
     sp.set_defaults(fn=cmd_destroy)
 
     _extra_commands(sub)

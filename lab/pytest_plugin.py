@@ -8,9 +8,11 @@ with tests running at the same time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,11 +109,18 @@ class _TerminalLine(logging.Handler):
     def __init__(self, config: pytest.Config) -> None:
         super().__init__()
         self.config = config
+        self._lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-            if reporter is not None:
+            capture = self.config.pluginmanager.get_plugin("capturemanager")
+            if reporter is None:
+                return
+            # Output capture is active while tests run: step around it, as live logging does.
+            suspended = (capture.global_and_fixture_disabled() if capture is not None
+                         else contextlib.nullcontext())
+            with self._lock, suspended:  # phases also end in worker threads
                 reporter.write_line(f"[lab] {record.getMessage()}")
         except Exception:
             self.handleError(record)

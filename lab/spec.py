@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lab.errors import LabError
 from lab.paths import object_prefix
 from lab.topology import ClusterSpec, Topology
 
@@ -76,7 +77,11 @@ class LabPlan:
     instance_names: dict[str, str]
 
     def machine(self, name: str) -> MachinePlan:
-        return next(m for m in self.machines if m.name == name)
+        for m in self.machines:
+            if m.name == name:
+                return m
+        raise LabError(f"lab {self.lab} has no machine {name!r}",
+                       f"choose one of: {', '.join(m.name for m in self.machines)}")
 
     @property
     def service(self) -> MachinePlan:

@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
-from lab import bench, topology
+from lab import accel, bench, shell, snapshots, topology
 from lab.images import ImageStore
 from lab.paths import object_prefix
 from lab.topology import TopologyError
@@ -31,28 +32,11 @@ def _args(**flags: bool) -> argparse.Namespace:
 # TOML and generated topologies -----------------------------------------------------------------
 
 
-def test_dump_toml_round_trips_nested_tables_and_arrays() -> None:
-    data: dict[str, Any] = {
-        "top": 1,
-        "lab": {"name": "x", "description": 'quotes " and \\ and ünï', "flag": True},
-        "networks": {"mgmt": {"role": "management", "subnet": "auto"}},
-        "machines": {"node1": {"role": "hypervisor", "disks": [24, 8]}, "empty": {}},
-        "layouts": {"one-cluster": {"c1": {"nodes": ["node1", "node2"]}}},
-        "weird key": {"a.b": 1.5},
-    }
-    assert tomllib.loads(bench.dump_toml(data)) == data
-
-
-def test_dump_toml_refuses_what_a_topology_never_holds() -> None:
-    with pytest.raises(TypeError):
-        bench.dump_toml({"t": [{"a": 1}]})
-    with pytest.raises(TypeError):
-        bench.dump_toml({"t": {"a": object()}})
 
 
 def test_default_profile_survives_dump() -> None:
     path = topology.profiles()["default"]
-    again = bench.dump_toml(tomllib.loads(path.read_text()))
+    again = tomli_w.dumps(tomllib.loads(path.read_text()))
     original = topology.parse(path.read_text(), "a", BIG_HOST)
     dumped = topology.parse(again, "b", BIG_HOST)
     assert dumped.machines == original.machines
@@ -270,16 +254,22 @@ def faked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
     _FakeLab.made = []
     monkeypatch.setenv("GANETI_LAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(topology, "host_memory", lambda: BIG_HOST)  # any CI host fits
-    monkeypatch.setattr(bench, "Lab", _FakeLab)
-    monkeypatch.setattr(bench, "host_facts", lambda: {"cores": 2})
-    monkeypatch.setattr(bench.accel, "detect",
+    # Each fake replaces a name in the module of lab.bench that looks it up.
+    monkeypatch.setattr("lab.bench.labs.Lab", _FakeLab)
+    monkeypatch.setattr("lab.bench.baseline.Lab", _FakeLab)
+    monkeypatch.setattr("lab.bench.host.host_facts", lambda: {"cores": 2})
+    monkeypatch.setattr(accel, "detect",
                         functools.cache(lambda kernel=None: Accelerator("tcg", "fake")))
-    monkeypatch.setattr(bench, "build_images", lambda store, **kw: {})
-    monkeypatch.setattr(bench, "_boxes_of", lambda topo, store: [])
-    monkeypatch.setattr(bench, "_box_volumes_present", lambda boxes: {b: True for b in boxes})
-    monkeypatch.setattr(bench, "LeaseBook", lambda: SimpleNamespace(get=lambda name: None))
+    monkeypatch.setattr("lab.bench.images.build_images", lambda store, **kw: {})
+    monkeypatch.setattr("lab.bench.labs._boxes_of", lambda topo, store: [])
+    for where in ("lab.bench.labs", "lab.bench.baseline"):
+        monkeypatch.setattr(f"{where}._box_volumes_present",
+                            lambda boxes: {b: True for b in boxes})
+    monkeypatch.setattr("lab.bench.cleanup.LeaseBook",
+                        lambda: SimpleNamespace(get=lambda name: None))
     monkeypatch.setattr(virt, "find", lambda prefix="": virt.LabObjects())
-    monkeypatch.setattr(bench, "destroy", lambda name: calls["destroyed"].append(name))
+    monkeypatch.setattr("lab.bench.cleanup.destroy",
+                        lambda name: calls["destroyed"].append(name))
 
     def ensure_layout(lab: _FakeLab, layout: str, timings: Any) -> None:
         calls["layouts"].append(f"{lab.name}:{layout}")
@@ -292,27 +282,27 @@ def faked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
             with timings.phase(f"{cp.name}: gnt-cluster verify"):
                 pass
 
-    monkeypatch.setattr(bench, "ensure_layout", ensure_layout)
-    monkeypatch.setattr(bench, "form_layout", ensure_layout)
+    monkeypatch.setattr("lab.bench.labs.ensure_layout", ensure_layout)
+    monkeypatch.setattr("lab.bench.baseline.form_layout", ensure_layout)
     verify = SimpleNamespace(ok=True, warnings=["w"], errors=[], output="")
-    monkeypatch.setattr(bench, "clusters_of", lambda lab, layout: {
+    monkeypatch.setattr("lab.bench.labs.clusters_of", lambda lab, layout: {
         cp.name: SimpleNamespace(verify=lambda: verify) for cp in lab.plan.layouts[layout]})
-    monkeypatch.setattr(bench.snapshots, "save",
+    monkeypatch.setattr(snapshots, "save",
                         lambda lab, name: SimpleNamespace(seconds=0.5))
-    monkeypatch.setattr(bench.snapshots, "delete", lambda lab, name: None)
+    monkeypatch.setattr(snapshots, "delete", lambda lab, name: None)
     def restore(lab: Any, name: str) -> None:
         calls["restores"].append(name)
         time.sleep(0.002)
 
-    monkeypatch.setattr(bench.snapshots, "restore", restore)
-    monkeypatch.setattr(bench, "baseline_inputs", lambda store, steps: (
+    monkeypatch.setattr(snapshots, "restore", restore)
+    monkeypatch.setattr("lab.bench.baseline.baseline_inputs", lambda store, steps: (
         tmp_path, {"box": "ganeti-lab-base-k", "debs": ["a_1_amd64.deb"], "debs_bytes": 2**20},
         True))
-    monkeypatch.setattr(bench, "_use_box", lambda lab, box, directory: None)
+    monkeypatch.setattr("lab.bench.baseline._use_box", lambda lab, box, directory: None)
     monkeypatch.setattr(virt, "ensure_default_pool", lambda: None)
     monkeypatch.setattr(virt, "ensure_networks", lambda plan: None)
-    monkeypatch.setattr(bench.shell, "run", lambda argv, **kw: None)
-    monkeypatch.setattr(bench, "settle", lambda lab: None)
+    monkeypatch.setattr(shell, "run", lambda argv, **kw: None)
+    monkeypatch.setattr("lab.bench.baseline.settle", lambda lab: None)
     return calls
 
 
@@ -370,7 +360,7 @@ def test_a_failing_step_is_recorded_and_the_lab_still_destroyed(
     def broken(lab: Any, name: str) -> None:
         raise LabError("restore went wrong", "fix it")
 
-    monkeypatch.setattr(bench.snapshots, "restore", broken)
+    monkeypatch.setattr(snapshots, "restore", broken)
     doc = bench.run_bench(_args(smallest=True))
     lab = doc["lab"]
     assert lab["error"].startswith("LabError: restore went wrong")

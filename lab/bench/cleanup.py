@@ -1,0 +1,108 @@
+"""Lab names, and what is left of them: claiming a name, destroying a lab, box volumes already
+in libvirt's pool, directories removed, and SIGTERM unwinding like Ctrl-C (so every lab is
+destroyed)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from lab import virt
+from lab.bench.figures import _error, _r
+from lab.errors import LabError
+from lab.leases import LeaseBook
+from lab.machines import Lab, destroy
+from lab.paths import object_prefix
+
+log = logging.getLogger("lab.bench")
+
+# Lab names: no name followed by "-" is a prefix of another's, so destroying one (by object
+# prefix) never touches another.
+LAB_NAME = "bench-lab"
+BASELINE_NAME = "bench-baseline"
+PAIR_NAMES = ("bench-pair-a", "bench-pair-b")
+
+
+def _claim(name: str) -> None:
+    """Refuse a name that a live or kept lab holds; clear orphans of an earlier crashed run."""
+    lease = LeaseBook().get(name)
+    if lease is not None and lease.owner_alive() and lease.owner_pid != os.getpid():
+        owner = f"process {lease.owner_pid}" if lease.owner_pid else "kept by a user"
+        raise LabError(f"a lab named {name!r} already exists on this host ({owner})",
+                       f"`ganeti-lab destroy {name}` first; the benchmark uses that name")
+    if lease is None and not virt.find(object_prefix(name)).empty():
+        log.warning("bench: removing orphaned libvirt objects of lab %s", name)
+        destroy(name)
+
+
+def _destroy(name: str, lab: Lab | None, doc: dict[str, Any],
+             key: str = "destroy_seconds") -> None:
+    started = time.monotonic()
+    try:
+        if lab is not None:
+            lab.close()
+        destroy(name)
+        doc[key] = _r(time.monotonic() - started)
+        left = virt.find(object_prefix(name))
+        if not left.empty():
+            doc["left_behind"] = str(left)
+    except Exception as exc:
+        doc["destroy_error"] = _error(exc)
+
+
+def _box_volumes_present(boxes: Iterable[str]) -> dict[str, bool] | None:
+    """Whether vagrant-libvirt already copied each box into libvirt's 'default' pool."""
+    try:
+        with virt.connect() as conn:
+            pool = conn.storagePoolLookupByName("default")
+            pool.refresh(0)
+            volumes = pool.listVolumes()
+    except Exception:
+        return None
+    return {b: any(v.startswith(f"{b}_vagrant_box_image_") for v in volumes) for b in boxes}
+
+
+def _remove_tree(path: Path) -> None:
+    """rm -rf, refusing when something is still mounted inside (a crashed chroot step)."""
+    path = path.resolve()
+    if not path.exists():
+        return
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            target = line.split()[1]
+            if target == str(path) or target.startswith(f"{path}/"):
+                raise LabError(f"{target} is still mounted; not deleting {path}",
+                               f"umount -R {target} && rm -rf {path}")
+    shutil.rmtree(path)
+
+
+def _remove_quietly(path: Path) -> None:
+    """``_remove_tree`` on a failure path: never hides the error being raised."""
+    try:
+        _remove_tree(path)
+    except Exception as exc:
+        log.warning("bench: could not remove %s: %s", path, exc)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every lab is destroyed."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
