@@ -156,13 +156,9 @@ def cmd_ssh(args: argparse.Namespace) -> int:
     m = lab.plan.machine(args.node)
     argv = ["ssh", "-i", lab.plan.key, "-o", f"UserKnownHostsFile={lab.dir / 'known_hosts'}",
             "-o", "StrictHostKeyChecking=accept-new", "-o", "LogLevel=ERROR",
-            f"root@{m.mgmt_ip}", *_strip_dashes(args.remote_command)]
+            f"root@{m.mgmt_ip}", *args.remote_command]
     os.execvp("ssh", argv)
     return 0
-
-
-def _strip_dashes(words: list[str]) -> list[str]:
-    return words[1:] if words[:1] == ["--"] else words
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
@@ -261,7 +257,8 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("ssh", help="log in to a machine, or run a command: ssh NODE -- CMD")
     lab_opts(sp)
     sp.add_argument("node")
-    sp.add_argument("remote_command", nargs=argparse.REMAINDER, metavar="-- CMD")
+    sp.add_argument("remote_command", nargs="*", metavar="CMD",
+                    help="command to run (put it after --)")
     sp.set_defaults(fn=cmd_ssh)
 
     sp = sub.add_parser("snapshot", help="save/restore/list/delete whole-lab snapshots")
@@ -290,7 +287,17 @@ def _extra_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after "--" is a remote command (`ganeti-lab ssh node1 -- CMD ...`).
+    remote: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, remote = argv[:cut], argv[cut + 1:]
     args = parser().parse_args(argv)
+    if hasattr(args, "remote_command"):
+        args.remote_command = args.remote_command + remote
+    elif hasattr(args, "pytest_args"):
+        args.pytest_args = args.pytest_args + remote
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("paramiko", "urllib3", "matplotlib", "filelock"):

@@ -77,7 +77,8 @@ def pytest_configure(config: pytest.Config) -> None:
                    "(e.g. one-cluster, two-clusters)")
     workerinput = getattr(config, "workerinput", None)  # set by pytest-xdist on workers
     worker = workerinput["workerid"] if workerinput else None
-    run_id = os.environ.get("GANETI_LAB_RUN_ID") or new_run_id()
+    run_id = ((workerinput or {}).get("lab_run_id") or os.environ.get("GANETI_LAB_RUN_ID")
+              or new_run_id())
     run_dir = Path(config.getoption("--lab-runs")) / run_id
     if worker:
         run_dir = run_dir / worker
@@ -94,6 +95,12 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in LOGGERS:
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: workers record into the controller's run directory."""
+    node.workerinput["lab_run_id"] = node.config.stash[_state_key]["timings"].run_id
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -302,7 +309,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = timings.write()
     try:
         runs = Path(session.config.getoption("--lab-runs"))
-        history = sorted(p.parent for p in runs.glob("*/timings.json"))
+        history = sorted(p.parent for pattern in ("*/timings.json", "*/gw*/timings.json")
+                         for p in runs.glob(pattern))
         html = report.render(history or [state["run_dir"]], state["run_dir"] / "report.html")
     except Exception as exc:  # a report problem must not hide the test results
         html = None

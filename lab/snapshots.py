@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import libvirt
@@ -91,6 +93,7 @@ def save(lab: Lab, name: str, meta: dict[str, Any] | None = None, replace: bool 
         finally:
             for dom in paused:
                 dom.resume()
+    _keep_known_hosts(lab, name)
     snap = Snapshot(name, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     round(time.monotonic() - started, 2), [m.name for m in lab.plan.machines],
                     meta or {})
@@ -119,8 +122,29 @@ def restore(lab: Lab, name: str, ssh_timeout: float = 180.0) -> Snapshot:
         except libvirt.libvirtError as exc:
             raise LabError(f"restoring snapshot {name!r} of lab {lab.name} failed: {exc}",
                            "list snapshots with `ganeti-lab snapshot list`") from None
+    _restore_known_hosts(lab, name)
     resync_clocks(lab, ssh_timeout)
     return index[name]
+
+
+def _known_hosts_copy(lab: Lab, name: str) -> Path:
+    return lab.dir / "snapshots" / f"{name}.known_hosts"
+
+
+def _keep_known_hosts(lab: Lab, name: str) -> None:
+    """SSH host keys are part of a machine's state (Ganeti's node add replaces them): the
+    lab's known_hosts is saved with each snapshot and comes back with it."""
+    current = lab.dir / "known_hosts"
+    if current.exists():
+        copy = _known_hosts_copy(lab, name)
+        copy.parent.mkdir(exist_ok=True)
+        shutil.copy(current, copy)
+
+
+def _restore_known_hosts(lab: Lab, name: str) -> None:
+    copy = _known_hosts_copy(lab, name)
+    if copy.exists():
+        shutil.copy(copy, lab.dir / "known_hosts")
 
 
 def resync_clocks(lab: Lab, timeout: float = 180.0) -> None:
@@ -142,4 +166,5 @@ def delete(lab: Lab, name: str) -> None:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
                     raise
     index.pop(name, None)
+    _known_hosts_copy(lab, name).unlink(missing_ok=True)
     _write_index(lab, index)

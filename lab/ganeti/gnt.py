@@ -19,7 +19,7 @@ def query(master: Machine, command: str, fields: Sequence[str], *names: str,
           timeout: float = 120.0) -> list[dict[str, str]]:
     """`gnt-<x> list`-style output as one dict per row, e.g.
     ``query(m, "gnt-instance list", ["name", "pnode", "status"])``."""
-    cmd = (f"{command} --no-headers --separator={SEPARATOR} -o {','.join(fields)} "
+    cmd = (f"{command} --no-headers --separator={shlex.quote(SEPARATOR)} -o {','.join(fields)} "
            + " ".join(shlex.quote(n) for n in names))
     rows = []
     for line in master.succeed(cmd, timeout=timeout).splitlines():
