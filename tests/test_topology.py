@@ -240,9 +240,9 @@ def test_explicit_subnets_that_do_not_overlap() -> None:
     assert t.network("cluster").subnet == ipaddress.IPv4Network("10.9.1.0/24")
 
 
-@pytest.mark.parametrize("cluster", ["nodes = []\n", 'vg_name = "xenvg"\n'])
-def test_cluster_with_no_nodes(cluster: str) -> None:
-    layouts = LAYOUTS + "[layouts.main.c2]\n" + cluster
+@pytest.mark.parametrize("cluster_toml", ["nodes = []\n", 'vg_name = "xenvg"\n'])
+def test_cluster_with_no_nodes(cluster_toml: str) -> None:
+    layouts = LAYOUTS + "[layouts.main.c2]\n" + cluster_toml
     only(problems(toml(layouts=layouts)), "layouts.main.c2.nodes",
          "a cluster needs at least one node")
 
