@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from lab import snapshots, topology
+from lab import snapshots, topology, virt
 from lab.errors import LabError
 from lab.images import ImageStore, build_images
 from lab.images.recipe import recipes
@@ -102,6 +102,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     topo = topology.load(args.topology)
     lab = Lab.prepare(topo, args.name)
     lab.keep()
+    # Plain `vagrant up` attaches to the lab's networks; they carry its fixed addresses.
+    virt.ensure_networks(lab.plan)
     plan_path = lab.dir / "lab.json"
     if args.print_plan:
         print(plan_path)
@@ -240,7 +242,8 @@ def parser() -> argparse.ArgumentParser:
         if topo:
             sp.add_argument("--topology", help="TOML file or built-in profile name")
 
-    sp = sub.add_parser("prepare", help="lease subnets and write the plan (for plain vagrant)")
+    sp = sub.add_parser("prepare", help="lease subnets, write the plan and create the lab's "
+                                        "networks (for plain vagrant)")
     lab_opts(sp, topo=True)
     sp.add_argument("--print-plan", action="store_true", help="print the plan file's path")
     sp.set_defaults(fn=cmd_prepare)
