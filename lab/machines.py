@@ -199,7 +199,7 @@ class Lab:
         """
         steps = steps or Steps(f"lab {self.name}")
         try:
-            with _interrupts_as_keyboard_interrupt():
+            with sigterm_as_interrupt():
                 with steps.step("libvirt networks"):
                     virt.ensure_default_pool()
                     virt.ensure_networks(self.plan)
@@ -284,7 +284,7 @@ def destroy_stale() -> dict[str, virt.LabObjects]:
 
 
 @contextlib.contextmanager
-def _interrupts_as_keyboard_interrupt() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (CI timeouts, `kill`) gets the same cleanup as Ctrl-C."""
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")

@@ -4,13 +4,11 @@ destroyed)."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from lab import virt
 from lab.bench.figures import _error, _r
 from lab.errors import LabError
 from lab.leases import LeaseBook
-from lab.machines import Lab, destroy
+from lab.machines import Lab, destroy, sigterm_as_interrupt
 from lab.paths import object_prefix
 
 log = logging.getLogger("lab.bench")
@@ -91,18 +89,5 @@ def _remove_quietly(path: Path) -> None:
         log.warning("bench: could not remove %s: %s", path, exc)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every lab is destroyed."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+# SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every lab is destroyed.
+_sigterm_as_interrupt = sigterm_as_interrupt
