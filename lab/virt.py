@@ -137,25 +137,41 @@ def remove_exact(name: str) -> LabObjects:
         [v for v in found.volumes if v.split("/", 1)[1] == name]))
 
 
+# Another clean-up (a Ctrl-C handler, a second run) may remove an object first: that is fine.
+_GONE = (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_NETWORK, libvirt.VIR_ERR_NO_STORAGE_VOL)
+
+
 def _remove(objects: LabObjects) -> LabObjects:
+    flags = (libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+             | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+             | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
     with connect() as conn:
         for name in objects.domains:
-            dom = conn.lookupByName(name)
-            if dom.isActive():
-                dom.destroy()
-            flags = (libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-                     | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-                     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-            dom.undefineFlags(flags)
+            with _unless_gone():
+                dom = conn.lookupByName(name)
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefineFlags(flags)
         for qualified in objects.volumes:
             pool_name, vol = qualified.split("/", 1)
-            conn.storagePoolLookupByName(pool_name).storageVolLookupByName(vol).delete(0)
+            with _unless_gone():
+                conn.storagePoolLookupByName(pool_name).storageVolLookupByName(vol).delete(0)
         for name in objects.networks:
-            net = conn.networkLookupByName(name)
-            if net.isActive():
-                net.destroy()
-            net.undefine()
+            with _unless_gone():
+                net = conn.networkLookupByName(name)
+                if net.isActive():
+                    net.destroy()
+                net.undefine()
     return objects
+
+
+@contextmanager
+def _unless_gone() -> Iterator[None]:
+    try:
+        yield
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() not in _GONE:
+            raise
 
 
 def ensure_default_pool() -> None:
