@@ -254,7 +254,19 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if excinfo and isinstance(excinfo[1], pytest.skip.Exception):
         phase.skip(str(excinfo[1]))  # a skip inside the test is not a failure
         excinfo = None
+    elif excinfo and _expected(item, excinfo[1]):
+        xfail = item.get_closest_marker("xfail")
+        phase.expect_failure(xfail.kwargs.get("reason") if xfail else None)
     cm.__exit__(*(excinfo if excinfo else (None, None, None)))
+
+
+def _expected(item: pytest.Item, exc: BaseException) -> bool:
+    """Whether pytest will report this failure as xfailed (the test's xfail marker covers it)."""
+    xfail = item.get_closest_marker("xfail")
+    if xfail is None or (xfail.args and not all(xfail.args)):
+        return False
+    raises = xfail.kwargs.get("raises")
+    return raises is None or isinstance(exc, raises)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -34,6 +34,7 @@ _COLOURS = {
     "failed": "#d62728",
     "interrupted": "#f28e2b",
     "skipped": "#a0a0a0",
+    "xfailed": "#9467bd",  # a known bug proven by a strict xfail: expected, not a failure
 }
 
 
@@ -553,6 +554,7 @@ _TEMPLATE = """<!DOCTYPE html>
   .o-failed { background: #fde3e3; color: #b00000; }
   .o-interrupted { background: #fff0dc; color: #9a5300; }
   .o-skipped { background: #eceef1; color: #5c6370; }
+  .o-xfailed { background: #efe6f7; color: #5b3a86; }
   .kv { display: inline-block; background: #f1f3f6; border-radius: 4px; padding: 0 5px;
         margin: 1px 3px 1px 0; font-size: 12px; }
   .kv b { font-weight: 500; color: #5c6370; }

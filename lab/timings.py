@@ -49,7 +49,7 @@ log = logging.getLogger("lab.timings")
 
 SCHEMA_VERSION = 1
 FILENAME = "timings.json"
-OUTCOMES = ("passed", "failed", "interrupted", "skipped")
+OUTCOMES = ("passed", "failed", "interrupted", "skipped", "xfailed")
 
 # Metrics end up in JSON and in an HTML table: keep strings (and errors) short.
 _MAX_STR = 200
@@ -115,6 +115,7 @@ class Phase:
         self._t0 = time.monotonic()
         self._seconds: float | None = None
         self._skipped = False
+        self._expected_failure = False
 
     def metric(self, key: str, value: Metric) -> None:
         """Attach a metric (a number or a short string) to this phase."""
@@ -129,6 +130,13 @@ class Phase:
     @property
     def skipped(self) -> bool:
         return self._skipped
+
+    def expect_failure(self, reason: str | None = None) -> None:
+        """The failure this phase ends with is a known one (a strict xfail proving a bug):
+        it is recorded as ``xfailed``, not ``failed``."""
+        self._expected_failure = True
+        if reason:
+            self.metric("xfail_reason", reason)
 
     def elapsed(self) -> float:
         """Seconds since the phase started (its final duration once it ended)."""
@@ -212,7 +220,8 @@ class Timings:
             outcome, error = "interrupted", _error_text(exc)
             raise
         except BaseException as exc:
-            outcome, error = "failed", _error_text(exc)
+            outcome = "xfailed" if ph._expected_failure else "failed"
+            error = _error_text(exc)
             raise
         finally:
             seconds = ph._finish()

@@ -308,6 +308,36 @@ def test_timings_record_and_report(run, pytester, run_dir: Path) -> None:
                      r"\(failed: AssertionError: boom\)", result.stdout.str(), re.MULTILINE)
 
 
+XFAILS = """
+import pytest
+
+@pytest.mark.xfail(raises=ValueError, strict=True, reason="known bug in 3.0.2")
+def test_known_bug(timings):
+    raise ValueError("the bug")
+
+@pytest.mark.xfail(raises=ValueError, strict=True, reason="known bug in 3.0.2")
+def test_other_error(timings):
+    raise KeyError("not the bug")
+
+@pytest.mark.xfail(False, reason="not on this host")
+def test_condition_false(timings):
+    raise ValueError("a real failure")
+"""
+
+
+def test_xfail_phases_are_xfailed_not_failed(run, pytester, run_dir: Path) -> None:
+    pytester.makepyfile(test_xf=XFAILS)
+    result = run()
+    result.assert_outcomes(xfailed=1, failed=2)
+    phases = {p["name"]: p for p in Timings.load(run_dir / "timings.json")["phases"]}
+    known = phases["test test_xf.py::test_known_bug"]
+    assert known["outcome"] == "xfailed"
+    assert known["metrics"] == {"xfail_reason": "known bug in 3.0.2"}
+    assert "ValueError: the bug" in known["error"]
+    assert phases["test test_xf.py::test_other_error"]["outcome"] == "failed"
+    assert phases["test test_xf.py::test_condition_false"]["outcome"] == "failed"
+
+
 def test_explicit_junitxml_is_respected(run, pytester, run_dir: Path) -> None:
     pytester.makepyfile(test_timed=TIMED)
     other = pytester.path / "other.xml"

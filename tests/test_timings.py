@@ -99,6 +99,19 @@ def test_skip(t: Timings) -> None:
     assert by_name(t)["skip-then-fail"]["outcome"] == "failed"
 
 
+def test_expected_failure(t: Timings) -> None:
+    with pytest.raises(ValueError), t.phase("known bug") as p:
+        p.expect_failure("Ganeti 3.0.2")
+        raise ValueError("the bug")
+    with t.phase("expected but passed") as p:
+        p.expect_failure()
+    phases = by_name(t)
+    assert phases["known bug"]["outcome"] == "xfailed"
+    assert phases["known bug"]["metrics"] == {"xfail_reason": "Ganeti 3.0.2"}
+    assert "ValueError: the bug" in phases["known bug"]["error"]
+    assert phases["expected but passed"]["outcome"] == "passed"
+
+
 def test_metric_types(t: Timings) -> None:
     with t.phase("m") as p:
         p.metric("n", 1)

@@ -99,6 +99,17 @@ def _staging(store: ImageStore, name: str, key: str) -> Iterator[Path]:
         raise
 
 
+def _downloading(command: list[Any]) -> list[Any]:
+    """A command that reaches the Debian mirror.
+
+    A lab may run inside a network namespace with no way out (scripts/labrun does that on hosts
+    where lab networks must be isolated); GANETI_LAB_DOWNLOAD_NETNS then names a namespace that
+    can reach the mirror, and only the download steps of a build run there.
+    """
+    netns = os.environ.get("GANETI_LAB_DOWNLOAD_NETNS", "")
+    return ["ip", "netns", "exec", netns, *command] if netns else command
+
+
 def _build_base(store: ImageStore, recipe: Recipe, key: str, steps: Steps) -> None:
     started = time.monotonic()
     src = recipe_dir()
@@ -106,7 +117,7 @@ def _build_base(store: ImageStore, recipe: Recipe, key: str, steps: Steps) -> No
         with steps.step(f"mmdebstrap {SUITE} base ({len(recipe.packages)} packages)"):
             files = " ".join(f'"{src / f}"' for f in (recipe.setup_script, *recipe.files))
             shell.run(
-                [
+                _downloading([
                     "mmdebstrap", "--mode=root", "--variant=minbase",
                     f"--include={','.join(recipe.packages)}",
                     "--customize-hook=mkdir -p \"$1/tmp/lab-recipe\"",
@@ -114,7 +125,7 @@ def _build_base(store: ImageStore, recipe: Recipe, key: str, steps: Steps) -> No
                     f"--customize-hook=chroot \"$1\" sh /tmp/lab-recipe/{recipe.setup_script}",
                     "--customize-hook=rm -rf \"$1/tmp/lab-recipe\"",
                     SUITE, str(staging / "rootfs.tar"), MIRROR,
-                ],
+                ]),
                 where="image build (base)", timeout=1800,
                 hint="check that the Debian mirror is reachable and mmdebstrap is installed",
             )
@@ -133,7 +144,9 @@ def _chroot_mounts(root: Path) -> Iterator[None]:
 
 
 def _chroot(root: Path, *command: str, where: str, timeout: float = 1800) -> str:
-    return shell.run(["chroot", root, *command], where=where, env=APT_ENV, timeout=timeout).stdout
+    # Every chroot step may fetch packages (apt-get, the service recipe's repo download).
+    return shell.run(_downloading(["chroot", root, *command]), where=where, env=APT_ENV,
+                     timeout=timeout).stdout
 
 
 def _build_role(
