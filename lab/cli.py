@@ -22,6 +22,8 @@ from lab.machines import Lab, destroy, destroy_stale
 from lab.progress import Steps
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+# Errors go to stderr: stdout may be a document someone pipes (bench JSON, prepare's exports).
+errors = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 EPILOG = """\
 A lab is 1 service box + N hypervisors described by a TOML topology (default: ./lab.toml, else
 the built-in `default` profile; built-ins: %(profiles)s). Typical session:
@@ -308,10 +310,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except LabError as exc:
-        console.print(f"[red]error:[/] {exc}", highlight=False)
+        errors.print(f"[red]error:[/] {exc}", highlight=False)
         return 2
     except KeyboardInterrupt:
-        console.print("[red]interrupted[/]")
+        errors.print("[red]interrupted[/]")
         return 130
 
 

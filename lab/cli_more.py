@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 
 from lab import report
+from lab.errors import LabError
 from lab.ganeti.bootstrap import ensure_layout
 from lab.machines import Lab
 from lab.timings import Timings, new_run_id
@@ -64,12 +65,22 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from lab.bench import run_bench
+    from lab.bench.summary import markdown
 
+    if args.summarize:  # a saved document as the README's Markdown table; nothing is run
+        try:
+            saved = json.loads(Path(args.summarize).read_text())
+        except (OSError, ValueError) as exc:
+            raise LabError(f"cannot read the benchmark document {args.summarize}: {exc}",
+                           "pass the file written by `ganeti-lab bench --output FILE`") from exc
+        sys.stdout.write(markdown(saved))
+        return 0
     document = run_bench(args)
     text = json.dumps(document, indent=2)
     if args.output:
         Path(args.output).write_text(text + "\n")
     sys.stdout.write(text + "\n")
+    sys.stderr.write(markdown(document))  # stdout is the JSON document alone
     return 0
 
 
@@ -108,6 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="do not rebuild images from a cold cache")
     sp.add_argument("--skip-baseline", action="store_true")
     sp.add_argument("--skip-scaling", action="store_true")
+    sp.add_argument("--summarize", metavar="FILE",
+                    help="print a saved document as a Markdown table of figures; run nothing")
     sp.set_defaults(fn=cmd_bench)
 
 

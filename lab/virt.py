@@ -3,6 +3,7 @@ state, every object of a lab found by name (for destroy and orphan hunting), and
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
 import libvirt
+import psutil
 
 from lab.errors import LabError
 from lab.paths import PREFIX
@@ -29,9 +31,41 @@ def _silence(_ctx: object, _err: object) -> None:
 
 libvirt.registerErrorHandler(_silence, None)
 
+# The local daemons that create the lab's bridges (and so own the namespace they live in).
+LIBVIRT_DAEMONS = ("libvirtd", "virtnetworkd", "virtqemud")
+
+
+@functools.cache
+def namespace_problem() -> str | None:
+    """Why this process must not drive a lab: the local libvirt daemon sits in another network
+    namespace, so the lab's bridges live there and the lab's addresses are unreachable from
+    here; SSH to them would leave through this namespace's default route instead. None when
+    they share one (a laptop; a run under scripts/labrun) or when it cannot be seen."""
+    if not uri().startswith("qemu:///"):
+        return None
+    try:
+        mine = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return None
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] not in LIBVIRT_DAEMONS:
+            continue
+        try:
+            theirs = os.stat(f"/proc/{proc.pid}/ns/net").st_ino
+        except OSError:
+            continue  # another user's daemon: not ours to inspect
+        if theirs != mine:
+            return (f"{proc.info['name']} (pid {proc.pid}) runs in another network namespace "
+                    "than this process, so the lab's addresses are not reachable from here")
+    return None
+
 
 @contextmanager
 def connect() -> Iterator[libvirt.virConnect]:
+    problem = namespace_problem()
+    if problem:
+        raise LabError(problem, "run the command through scripts/labrun (it enters the "
+                       "daemon's namespace), or start libvirtd in this namespace")
     try:
         conn = libvirt.open(uri())
     except libvirt.libvirtError as exc:

@@ -353,6 +353,42 @@ def test_run_bench_assembles_every_section_with_fakes(faked: dict[str, list[str]
     assert sorted(faked["destroyed"]) == sorted(made)  # everything made is destroyed
 
 
+def test_summary_of_a_full_document(faked: dict[str, list[str]]) -> None:
+    from lab.bench.summary import markdown, rows
+
+    doc = bench.run_bench(_args(skip_cold_build=True))
+    table = dict(rows(doc))
+    assert table["image build, cold cache (downloads included)"] == "skipped: --skip-cold-build"
+    measured = {k: v for k, v in table.items() if not k.startswith("image build, cold")}
+    assert not [k for k, v in measured.items() if v.startswith(("skipped", "error"))], measured
+    assert table["baseline / our per-test reset"].endswith("x")
+    assert [k for k in table if k.startswith("scaling,")] == [
+        f"scaling, {n} hypervisors: cold start / bootstrap" for n in bench.SCALE_SIZES]
+    text = markdown(doc)
+    assert text.splitlines()[2:4] == ["| figure | seconds |", "| --- | --- |"]
+    assert "accelerator tcg" in text.splitlines()[0]
+
+
+def test_summary_says_why_a_figure_is_missing(faked: dict[str, list[str]]) -> None:
+    from lab.bench.summary import rows
+
+    table = dict(rows(bench.run_bench(_args(smallest=True))))
+    assert table["baseline: plain vagrant up + apt/shell provisioning + init + node adds"] == \
+        "skipped: --smallest"
+    assert table["ratios to the baseline"] == "skipped: baseline skipped: --smallest"
+    assert table["scaling (2/4/6 hypervisors, two labs at once)"] == "skipped: --smallest"
+
+
+def test_summarize_a_missing_document_names_the_fix(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "lab.cli", "bench", "--summarize",
+                          str(tmp_path / "nope.json")], capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "nope.json" in out.stderr and "ganeti-lab bench --output FILE" in out.stderr
+
+
 def test_a_failing_step_is_recorded_and_the_lab_still_destroyed(
         faked: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
     from lab.errors import LabError

@@ -72,10 +72,10 @@ def test_two_clusters_from_the_booted_snapshot(clusters: dict[str, Cluster]) -> 
 
 @pytest.mark.lab(layout="one-cluster")
 @pytest.mark.xfail(strict=True, reason=(
-    "Ganeti 3.0.2 bug: `gnt-cluster renew-crypto -f --rapi-certificate=FILE` alone prints "
-    "success and leaves /var/lib/ganeti/rapi.pem unchanged (also seen for "
-    "--cluster-domain-secret); the lab works around it with --new-confd-hmac-key "
-    "(lab/ganeti/bootstrap.py, logged as a warning)"))
+    "Ganeti 3.0.2 bug (upstream ganeti/ganeti#1275, open: renew-crypto acts only when a "
+    "--new-* option is given): `gnt-cluster renew-crypto -f --rapi-certificate=FILE` alone "
+    "prints success and leaves /var/lib/ganeti/rapi.pem unchanged; the lab works around it "
+    "with --new-confd-hmac-key (lab/ganeti/bootstrap.py, logged as a warning)"))
 def test_renew_crypto_rapi_certificate_alone_replaces_the_certificate(cluster: Cluster) -> None:
     from lab.ganeti.certs import rapi_certificate
 

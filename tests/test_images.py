@@ -280,6 +280,8 @@ def no_mounts(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
 
     def run(argv, **kwargs):
         args = [str(a) for a in argv]
+        if args[:3] == ["ip", "netns", "exec"]:  # a download step (GANETI_LAB_DOWNLOAD_NETNS)
+            args = args[4:]
         if args[0] in ("mount", "chroot"):
             calls.append(args)
             if args[0] == "chroot":
@@ -345,6 +347,15 @@ def test_failing_package_install_unmounts_and_leaves_nothing(
     assert commands == ["mount", "chroot", "umount"], no_mounts
     assert no_mounts[-1][-1].endswith("/rootfs/proc")  # /proc unmounted despite the failure
     assert leftovers(store) == []
+
+
+def test_download_steps_run_in_the_download_namespace(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GANETI_LAB_DOWNLOAD_NETNS", raising=False)
+    assert builder._downloading(["chroot", "/r", "apt-get"]) == ["chroot", "/r", "apt-get"]
+    monkeypatch.setenv("GANETI_LAB_DOWNLOAD_NETNS", "glab-hostnet")
+    assert builder._downloading(["chroot", "/r", "apt-get"]) == [
+        "ip", "netns", "exec", "glab-hostnet", "chroot", "/r", "apt-get"]
 
 
 def test_build_images_needs_root(store: ImageStore, monkeypatch: pytest.MonkeyPatch) -> None:

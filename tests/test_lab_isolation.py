@@ -86,3 +86,24 @@ def test_ctrl_c_during_up_leaves_nothing(lab_host: ImageStore) -> None:
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
     assert proc.wait(timeout=300) != 0
     _nothing_left(name)
+
+
+def test_a_process_outside_the_daemons_namespace_is_refused(lab_host: ImageStore) -> None:
+    """A lab driven from another network namespace than libvirtd's would send its SSH to the
+    lab's addresses out of that namespace's default route: the library refuses, naming why."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) to make a second network namespace")
+    probe = ("from lab import virt\n"
+             "try:\n"
+             "    with virt.connect(): print('connected')\n"
+             "except Exception as exc: print(exc)\n")
+    inside = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60)
+    assert inside.stdout.strip() == "connected", inside.stderr
+    outside = subprocess.run(["unshare", "--net", sys.executable, "-c", probe],
+                             capture_output=True, text=True, timeout=60)
+    assert "runs in another network namespace than this process" in outside.stdout, \
+        outside.stdout + outside.stderr
+    assert "scripts/labrun" in outside.stdout

@@ -18,9 +18,8 @@ from typing import Any
 from lab import accel, shell, topology, virt
 from lab.bench.cleanup import (
     BASELINE_NAME,
+    ClaimedLab,
     _box_volumes_present,
-    _claim,
-    _destroy,
     _remove_quietly,
     _remove_tree,
 )
@@ -193,8 +192,6 @@ def baseline_section(args: Any, topo: topology.Topology, store: ImageStore,
     doc: dict[str, Any] = {"method": BASELINE_METHOD, "name": BASELINE_NAME,
                            "topology": topo.source, "layout": layout,
                            "machines": len(topo.machines), "hypervisors": len(topo.hypervisors)}
-    lab: Lab | None = None
-    owned = False
     try:
         steps = Steps("baseline inputs (not timed)", timings)
         with _timed(doc, "preparation_seconds"):
@@ -211,12 +208,14 @@ def baseline_section(args: Any, topo: topology.Topology, store: ImageStore,
         present = _box_volumes_present([manifest["box"]])
         doc["box_volume_uploaded_during_up"] = (None if present is None
                                                 else not present[manifest["box"]])
-        _claim(BASELINE_NAME)
-        owned = True
+    except Exception as exc:
+        doc["error"] = _error(exc)
+        return doc
+    with ClaimedLab(BASELINE_NAME, doc) as claim:
         accel.detect.cache_clear()  # as in our cold start
         with _timed(doc, "total_seconds"):
             with _timed(doc, "prepare_seconds"):
-                lab = Lab.prepare(topo, BASELINE_NAME, store)
+                claim.lab = lab = Lab.prepare(topo, BASELINE_NAME, store)
                 _use_box(lab, manifest["box"], directory)
             with _timed(doc, "vagrant_up_seconds"):
                 virt.ensure_default_pool()
@@ -239,9 +238,4 @@ def baseline_section(args: Any, topo: topology.Topology, store: ImageStore,
                     form_layout(lab, layout, timings)
             finally:
                 doc["bootstrap"] = _bootstrap_figures(timings, since, lab, layout)
-    except Exception as exc:
-        doc["error"] = _error(exc)
-    finally:
-        if owned:
-            _destroy(BASELINE_NAME, lab, doc)
     return doc

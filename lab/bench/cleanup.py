@@ -55,6 +55,31 @@ def _destroy(name: str, lab: Lab | None, doc: dict[str, Any],
         doc["destroy_error"] = _error(exc)
 
 
+class ClaimedLab:
+    """``with ClaimedLab(name, doc) as claim:`` claims the name (clearing orphans of a crashed
+    run; a name held by a live lab raises here, before anything is made). The body brings the
+    lab up and sets ``claim.lab``. On the way out, Ctrl-C included, everything made under the
+    name is destroyed; an error of the body is recorded as ``doc["error"]`` and not raised, so
+    the benchmark goes on with its next measurement."""
+
+    def __init__(self, name: str, doc: dict[str, Any]) -> None:
+        self.name = name
+        self.doc = doc
+        self.lab: Lab | None = None
+
+    def __enter__(self) -> ClaimedLab:
+        _claim(self.name)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: object) -> bool:
+        recorded = isinstance(exc, Exception)
+        if recorded:
+            self.doc["error"] = _error(exc)
+        _destroy(self.name, self.lab, self.doc)
+        return recorded
+
+
 def _box_volumes_present(boxes: Iterable[str]) -> dict[str, bool] | None:
     """Whether vagrant-libvirt already copied each box into libvirt's 'default' pool."""
     try:

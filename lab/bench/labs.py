@@ -10,7 +10,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from lab import accel, snapshots, topology
-from lab.bench.cleanup import LAB_NAME, PAIR_NAMES, _box_volumes_present, _claim, _destroy
+from lab.bench.cleanup import (
+    LAB_NAME,
+    PAIR_NAMES,
+    ClaimedLab,
+    _box_volumes_present,
+    _claim,
+    _destroy,
+)
 from lab.bench.figures import _bootstrap_figures, _error, _r, _timed, median, skip_reason
 from lab.bench.topologies import SCALE_LAYOUT, SCALE_MEMORY_MIB, SCALE_SIZES, scaling_topology_text
 from lab.errors import LabError
@@ -64,20 +71,11 @@ def measure_lab(topo: topology.Topology, name: str, store: ImageStore, timings: 
     doc: dict[str, Any] = {"name": name, "topology": topo.source, "layout": layout,
                            "machines": len(topo.machines),
                            "hypervisors": len(topo.hypervisors)}
-    lab: Lab | None = None
-    owned = False
-    try:
-        _claim(name)
-        owned = True
-        lab = _bring_up(topo, name, store, timings, doc)
+    with ClaimedLab(name, doc) as claim:
+        claim.lab = lab = _bring_up(topo, name, store, timings, doc)
         _bootstrap(lab, layout, timings, doc, "bootstrap_one_cluster_seconds", "bootstrap")
         if more is not None:
             more(lab, doc)
-    except Exception as exc:
-        doc["error"] = _error(exc)
-    finally:
-        if owned:
-            _destroy(name, lab, doc)
     return doc
 
 
@@ -155,7 +153,11 @@ def scaling_section(args: Any, store: ImageStore, timings: Timings) -> dict[str,
         except Exception as exc:
             doc["labs"].append({"hypervisors": n, "error": _error(exc)})
             continue
-        doc["labs"].append(measure_lab(topo, f"bench-scale-{n}", store, timings))
+        name = f"bench-scale-{n}"
+        try:
+            doc["labs"].append(measure_lab(topo, name, store, timings))
+        except Exception as exc:  # the name is held by a live lab: nothing was made
+            doc["labs"].append({"name": name, "hypervisors": n, "error": _error(exc)})
     doc["two_tiny_labs_at_once"] = two_labs_at_once(store)
     return doc
 

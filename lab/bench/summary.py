@@ -1,0 +1,119 @@
+"""A benchmark document as a Markdown table (the README's figures are this, pasted).
+
+Every cell is read from the document; a figure the run did not measure says why ("skipped:
+--smallest", "error: ...") instead of a number.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Row = tuple[str, str]
+
+
+def _get(doc: dict[str, Any], path: str) -> Any:
+    node: Any = doc
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _first_line(text: Any) -> str:
+    return str(text).splitlines()[0][:80] if str(text) else ""
+
+
+def _why_missing(doc: dict[str, Any], section: str) -> str:
+    part = doc.get(section) or {}
+    if part.get("skipped"):
+        return f"skipped: {part.get('reason')}"
+    if part.get("error"):
+        return f"error: {_first_line(part['error'])}"
+    return "not measured"
+
+
+def _s(doc: dict[str, Any], path: str) -> str:
+    value = _get(doc, path)
+    if isinstance(value, int | float):
+        return f"{value:.1f}"
+    return _why_missing(doc, path.split(".")[0])
+
+
+def _cluster_parts(bootstrap: dict[str, Any] | None) -> str:
+    """init / node adds (min-max) / verify of the first cluster of a bootstrap breakdown."""
+    clusters = (bootstrap or {}).get("clusters") or {}
+    if not clusters:
+        return ""
+    first = next(iter(clusters.values()))
+    adds = [v for v in (first.get("node_add_seconds") or {}).values() if v is not None]
+    add = f"{min(adds):.0f}-{max(adds):.0f}" if adds else "-"
+    init, verify = first.get("init_seconds"), first.get("verify_seconds")
+    return (f" (init {init if init is not None else '-'}, node adds {add} each, "
+            f"verify {verify if verify is not None else '-'})")
+
+
+def _cold_build(doc: dict[str, Any]) -> str:
+    images = doc.get("images") or {}
+    if images.get("cold_build_skipped"):
+        return f"skipped: {images['cold_build_skipped']}"
+    if images.get("cold_build_error"):
+        return f"error: {_first_line(images['cold_build_error'])}"
+    return _s(doc, "images.cold_build_seconds")
+
+
+def rows(doc: dict[str, Any]) -> list[Row]:
+    lab = doc.get("lab") or {}
+    out: list[Row] = [
+        ("image build, cold cache (downloads included)", _cold_build(doc)),
+        ("image build, warm cache (\"nothing changed\")", _s(doc, "images.warm_build_seconds")),
+        (f"lab cold start to SSH on every machine, settled ({lab.get('machines', '?')} "
+         "machines)", _s(doc, "lab.cold_start_to_ssh_seconds")),
+        ("one-cluster bootstrap to a clean verify" + _cluster_parts(lab.get("bootstrap")),
+         _s(doc, "lab.bootstrap_one_cluster_seconds")),
+        ("two-cluster bootstrap from the \"booted\" snapshot",
+         _s(doc, "lab.bootstrap_two_clusters_seconds")),
+        ("whole-lab snapshot save", _s(doc, "lab.snapshot_save_seconds")),
+        ("restore to a verified cluster (restore + gnt-cluster verify)",
+         _s(doc, "lab.restore_to_verified_cluster_seconds")),
+        ("per-test reset (median)", _s(doc, "lab.per_test_reset_seconds")),
+        ("baseline: plain vagrant up + apt/shell provisioning + init + node adds",
+         _s(doc, "baseline.total_seconds")),
+    ]
+    ratios = doc.get("ratios") or {}
+    if "baseline_over_cold_start_and_bootstrap" in ratios:
+        out.append(("baseline / (our cold start + bootstrap)",
+                    f"{ratios['baseline_over_cold_start_and_bootstrap']}x"))
+        out.append(("baseline / our per-test reset", f"{ratios['baseline_over_per_test_reset']}x"))
+    else:
+        out.append(("ratios to the baseline", f"skipped: {ratios.get('reason', 'not measured')}"))
+    scaling = doc.get("scaling") or {}
+    for entry in scaling.get("labs") or []:
+        n = entry.get("hypervisors")
+        if entry.get("error") and entry.get("cold_start_to_ssh_seconds") is None:
+            out.append((f"scaling, {n} hypervisors", f"error: {_first_line(entry['error'])}"))
+            continue
+        out.append((f"scaling, {n} hypervisors: cold start / bootstrap",
+                    f"{_s(entry, 'cold_start_to_ssh_seconds')} / "
+                    f"{_s(entry, 'bootstrap_one_cluster_seconds')}"))
+    pair = scaling.get("two_tiny_labs_at_once")
+    if pair:
+        out.append(("two tiny labs (2 machines each) up at once, wall clock",
+                    _s(pair, "up_wall_seconds") if "up_wall_seconds" in pair
+                    else f"error: {_first_line(pair.get('error'))}"))
+    elif scaling.get("skipped"):
+        out.append(("scaling (2/4/6 hypervisors, two labs at once)",
+                    f"skipped: {scaling.get('reason')}"))
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    host = doc.get("host") or {}
+    accelerator = (host.get("accelerator") or {}).get("name", "?")
+    head = (f"Benchmark {doc.get('run_id', '?')} ({doc.get('started', '?')}): "
+            f"{host.get('cores', '?')} cores, {host.get('memory_mib', '?')} MiB, "
+            f"accelerator {accelerator}; total "
+            f"{_s(doc, 'total_seconds')} s\n\n")
+    lines = ["| figure | seconds |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in rows(doc)]
+    return head + "\n".join(lines) + "\n"
