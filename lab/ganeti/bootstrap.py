@@ -230,9 +230,9 @@ def _install_rapi_certificate(cluster: Cluster) -> None:
     success and leaves rapi.pem unchanged (the same happens with --cluster-domain-secret):
     lib/client/gnt_cluster.py only acts when a --new-* option is given (upstream
     ganeti/ganeti#1275, open); tests/test_ganeti_clusters.py proves it with a strict xfail.
-    Workaround: also renew the
-    confd HMAC key, which makes Ganeti copy the files. Done right after init, while the master
-    is the only node, so only its daemons restart; node adds then copy the certificate.
+    Workaround: also renew the confd HMAC key, which makes Ganeti copy the files. Done right
+    after init, while the master is the only node, so only its daemons restart; node adds then
+    copy the certificate.
     """
     log.warning("%s: working around Ganeti 3.0.2's renew-crypto bug (ganeti/ganeti#1275): "
                 "--rapi-certificate alone changes nothing, so --new-confd-hmac-key is added",
