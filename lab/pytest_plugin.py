@@ -254,19 +254,18 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if excinfo and isinstance(excinfo[1], pytest.skip.Exception):
         phase.skip(str(excinfo[1]))  # a skip inside the test is not a failure
         excinfo = None
-    elif excinfo and _expected(item, excinfo[1]):
-        xfail = item.get_closest_marker("xfail")
-        phase.expect_failure(xfail.kwargs.get("reason") if xfail else None)
+    elif excinfo and (xfail := _covering_xfail(item, excinfo[1])) is not None:
+        phase.expect_failure(xfail.kwargs.get("reason"))
     cm.__exit__(*(excinfo if excinfo else (None, None, None)))
 
 
-def _expected(item: pytest.Item, exc: BaseException) -> bool:
-    """Whether pytest will report this failure as xfailed (the test's xfail marker covers it)."""
+def _covering_xfail(item: pytest.Item, exc: BaseException) -> pytest.Mark | None:
+    """The test's xfail marker when it covers this failure (pytest will report it xfailed)."""
     xfail = item.get_closest_marker("xfail")
     if xfail is None or (xfail.args and not all(xfail.args)):
-        return False
+        return None
     raises = xfail.kwargs.get("raises")
-    return raises is None or isinstance(exc, raises)
+    return xfail if raises is None or isinstance(exc, raises) else None
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -31,7 +31,6 @@ from lab.bench.cleanup import (
     LAB_NAME,
     PAIR_NAMES,
     _remove_tree,
-    _sigterm_as_interrupt,
 )
 from lab.bench.figures import (
     _error,
@@ -48,6 +47,7 @@ from lab.bench.images import images_section
 from lab.bench.labs import RESET_SAMPLES, lab_section, scaling_section
 from lab.bench.topologies import SCALE_LAYOUT, SCALE_MEMORY_MIB, SCALE_SIZES, scaling_topology_text
 from lab.images import ImageStore
+from lab.machines import sigterm_as_interrupt
 from lab.timings import Timings, iso, new_run_id, utc_now
 
 __all__ = [
@@ -110,7 +110,7 @@ def run_bench(args: Any) -> dict[str, Any]:
         "settings": {k: _flag(args, k) for k in
                      ("smallest", "skip_cold_build", "skip_baseline", "skip_scaling")},
     }
-    with _sigterm_as_interrupt():
+    with sigterm_as_interrupt():  # a CI timeout or `kill` still destroys every lab
         store = ImageStore()
         doc["host"] = _guarded("host", lambda: host_section(store))
         doc["images"] = _guarded("images", lambda: images_section(args, store, timings))

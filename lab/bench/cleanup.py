@@ -1,6 +1,5 @@
-"""Lab names, and what is left of them: claiming a name, destroying a lab, box volumes already
-in libvirt's pool, directories removed, and SIGTERM unwinding like Ctrl-C (so every lab is
-destroyed)."""
+"""Lab names, and what is left of them: claiming a name (``ClaimedLab``), destroying a lab, box
+volumes already in libvirt's pool, directories removed."""
 
 from __future__ import annotations
 
@@ -16,7 +15,7 @@ from lab import virt
 from lab.bench.figures import _error, _r
 from lab.errors import LabError
 from lab.leases import LeaseBook
-from lab.machines import Lab, destroy, sigterm_as_interrupt
+from lab.machines import Lab, destroy
 from lab.paths import object_prefix
 
 log = logging.getLogger("lab.bench")
@@ -113,6 +112,3 @@ def _remove_quietly(path: Path) -> None:
     except Exception as exc:
         log.warning("bench: could not remove %s: %s", path, exc)
 
-
-# SIGTERM (a CI timeout, `kill`) unwinds like Ctrl-C, so every lab is destroyed.
-_sigterm_as_interrupt = sigterm_as_interrupt
