@@ -379,6 +379,22 @@ def test_summary_says_why_a_figure_is_missing(faked: dict[str, list[str]]) -> No
     assert table["scaling (2/4/6 hypervisors, two labs at once)"] == "skipped: --smallest"
 
 
+def test_summary_shows_the_error_of_a_scaling_step_that_failed() -> None:
+    """The first full run (docs/bench-20261124.json) lost its 4-hypervisor bootstrap: its row
+    must show that error next to the cold start that was measured, not "not measured"."""
+    import json
+
+    from lab.bench.summary import rows
+
+    doc = json.loads((Path(__file__).parent.parent / "docs" / "bench-20261124.json").read_text())
+    table = dict(rows(doc))
+    cold, bootstrap = table["scaling, 4 hypervisors: cold start / bootstrap"].split(" / ", 1)
+    assert float(cold) > 0
+    assert bootstrap.startswith("error: CommandFailed: node1: `ssh"), bootstrap
+    assert all(not v.startswith("error") for k, v in table.items()
+               if k.startswith(("scaling, 2", "scaling, 6"))), table
+
+
 def test_summarize_a_missing_document_names_the_fix(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -53,6 +53,16 @@ def _cluster_parts(bootstrap: dict[str, Any] | None) -> str:
             f"verify {verify if verify is not None else '-'})")
 
 
+def _scaling_figure(entry: dict[str, Any], key: str) -> str:
+    """One figure of a scaling lab; the step that failed shows its error, not a blank."""
+    value = entry.get(key)
+    if isinstance(value, int | float):
+        return f"{value:.1f}"
+    if entry.get("failed_step") == key and entry.get("error"):
+        return f"error: {_first_line(entry['error'])}"
+    return "not measured"
+
+
 def _cold_build(doc: dict[str, Any]) -> str:
     images = doc.get("images") or {}
     if images.get("cold_build_skipped"):
@@ -94,8 +104,8 @@ def rows(doc: dict[str, Any]) -> list[Row]:
             out.append((f"scaling, {n} hypervisors", f"error: {_first_line(entry['error'])}"))
             continue
         out.append((f"scaling, {n} hypervisors: cold start / bootstrap",
-                    f"{_s(entry, 'cold_start_to_ssh_seconds')} / "
-                    f"{_s(entry, 'bootstrap_one_cluster_seconds')}"))
+                    f"{_scaling_figure(entry, 'cold_start_to_ssh_seconds')} / "
+                    f"{_scaling_figure(entry, 'bootstrap_one_cluster_seconds')}"))
     pair = scaling.get("two_tiny_labs_at_once")
     if pair:
         out.append(("two tiny labs (2 machines each) up at once, wall clock",
