@@ -106,16 +106,45 @@ def test_bootstrap_breakdown_reads_init_node_adds_and_verify() -> None:
 
 
 def test_ratios_compare_ours_with_the_baseline() -> None:
-    lab = {"topology": "lab.toml", "cold_start_to_ssh_seconds": 200.0,
+    lab = {"machines": 5, "hypervisors": 4, "layout": "one-cluster",
+           "cold_start_to_ssh_seconds": 200.0,
            "bootstrap_one_cluster_seconds": 300.0, "per_test_reset_seconds": 10.0}
-    base = {"topology": "lab.toml", "total_seconds": 2000.0}
+    base = {"machines": 5, "hypervisors": 4, "layout": "one-cluster", "total_seconds": 2000.0}
     r = bench.compute_ratios(lab, base)
-    assert r["same_topology"] is True
+    assert r["same_shape"] is True
+    assert bench.compute_ratios({**lab, "hypervisors": 6}, base)["same_shape"] is False
     assert r["ours_cold_start_and_bootstrap_seconds"] == 500.0
     assert r["cold_start_and_bootstrap_over_baseline"] == 0.25
     assert r["baseline_over_cold_start_and_bootstrap"] == 4.0
     assert r["per_test_reset_over_baseline"] == 0.005
     assert r["baseline_over_per_test_reset"] == 200.0
+
+
+def test_each_of_our_figures_against_its_baseline_counterpart() -> None:
+    lab = {"cold_start_to_ssh_seconds": 200.0, "bootstrap_one_cluster_seconds": 300.0,
+           "per_test_reset_seconds": 10.0, "snapshot_save_seconds": 5.0,
+           "restore_to_verified_cluster_seconds": 50.0}
+    base = {"total_seconds": 2000.0, "prepare_seconds": 1.0, "vagrant_up_seconds": 99.0,
+            "provision_seconds": 1500.0, "settle_seconds": 100.0, "bootstrap_seconds": 300.0}
+    images = {"cold_build_seconds": 100.0, "warm_build_seconds": 1.0}
+    each = bench.compute_ratios(lab, base, images)["each_figure"]
+    assert each["images.cold_build_seconds"]["baseline_figure"] == "baseline.provision_seconds"
+    assert each["images.cold_build_seconds"]["baseline_over_ours"] == 15.0
+    assert each["images.warm_build_seconds"]["baseline_over_ours"] == 1500.0
+    up = each["lab.cold_start_to_ssh_seconds"]
+    assert up["baseline_seconds"] == 1700.0 and up["baseline_over_ours"] == 8.5
+    assert each["lab.bootstrap_one_cluster_seconds"]["baseline_over_ours"] == 1.0
+    assert each["lab.cold_start_and_bootstrap_seconds"]["baseline_over_ours"] == 4.0
+    assert each["lab.per_test_reset_seconds"]["baseline_over_ours"] == 200.0
+    assert each["lab.restore_to_verified_cluster_seconds"]["baseline_over_ours"] == 40.0
+    assert all(e["why"] for e in each.values())
+    two = each["lab.bootstrap_two_clusters_seconds"]  # not measured: said, no ratio
+    assert "baseline_over_ours" not in two
+    assert two["missing"] == "lab.bootstrap_two_clusters_seconds"
+    # a baseline figure missing names the baseline key
+    del base["settle_seconds"]
+    up = bench.compute_ratios(lab, base, images)["each_figure"]["lab.cold_start_to_ssh_seconds"]
+    assert up["missing"] == "baseline.up_to_settled_seconds"
 
 
 def test_ratios_say_why_they_are_missing() -> None:
@@ -335,8 +364,12 @@ def test_run_bench_assembles_every_section_with_fakes(faked: dict[str, list[str]
     assert base["bootstrap"]["clusters"]["cluster1"]["init_seconds"] is not None
 
     ratios = doc["ratios"]
-    assert ratios["same_topology"] is True
+    assert ratios["same_shape"] is True
     assert ratios["cold_start_and_bootstrap_over_baseline"] > 0
+    each = ratios["each_figure"]
+    assert all(("baseline_over_ours" in e) != ("missing" in e) for e in each.values()), each
+    assert each["images.cold_build_seconds"]["missing"] == "images.cold_build_seconds"
+    assert each["lab.bootstrap_one_cluster_seconds"]["baseline_over_ours"] > 0
     assert ratios["per_test_reset_over_baseline"] > 0
 
     scaling = doc["scaling"]

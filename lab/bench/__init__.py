@@ -128,7 +128,7 @@ def run_bench(args: Any) -> dict[str, Any]:
             doc["baseline"] = ({"skipped": True, "reason": skip_reason(args, "baseline")}
                                if skip_reason(args, "baseline")
                                else {"error": "the default topology did not load"})
-        doc["ratios"] = compute_ratios(doc["lab"], doc["baseline"])
+        doc["ratios"] = compute_ratios(doc["lab"], doc["baseline"], doc["images"])
         doc["scaling"] = _guarded("scaling", lambda: scaling_section(args, store, timings))
     doc["finished"] = iso(utc_now())
     doc["total_seconds"] = _r(time.monotonic() - started)

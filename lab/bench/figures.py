@@ -84,8 +84,10 @@ def _bootstrap_figures(timings: Timings, since: int, lab: Lab, layout: str) -> d
                                [cp.name for cp in lab.plan.layouts[layout]])
 
 
-def compute_ratios(lab_doc: dict[str, Any], baseline_doc: dict[str, Any]) -> dict[str, Any]:
-    """Ours against the baseline; a reason instead when a figure is missing."""
+def compute_ratios(lab_doc: dict[str, Any], baseline_doc: dict[str, Any],
+                   images_doc: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ours against the baseline: two headline ratios and, under ``each_figure``, every one of
+    our figures against its counterpart in the baseline; a reason instead when one is missing."""
     if baseline_doc.get("skipped"):
         return {"skipped": True, "reason": f"baseline skipped: {baseline_doc.get('reason')}"}
     base = baseline_doc.get("total_seconds")
@@ -96,14 +98,15 @@ def compute_ratios(lab_doc: dict[str, Any], baseline_doc: dict[str, Any]) -> dic
                               ("lab.cold_start_to_ssh_seconds", cold),
                               ("lab.bootstrap_one_cluster_seconds", boot),
                               ("lab.per_test_reset_seconds", reset))
-               if not isinstance(v, int | float) or v <= 0]
+               if not _positive(v)]
     if missing:
         return {"skipped": True, "reason": f"not measured in this run: {', '.join(missing)}"}
     assert isinstance(base, int | float) and isinstance(cold, int | float)
     assert isinstance(boot, int | float) and isinstance(reset, int | float)
     ours = cold + boot
     return {
-        "same_topology": lab_doc.get("topology") == baseline_doc.get("topology"),
+        "same_shape": all(lab_doc.get(k) == baseline_doc.get(k)
+                          for k in ("machines", "hypervisors", "layout")),
         "ours_cold_start_and_bootstrap_seconds": _r(ours),
         "ours_per_test_reset_seconds": reset,
         "baseline_total_seconds": base,
@@ -111,4 +114,64 @@ def compute_ratios(lab_doc: dict[str, Any], baseline_doc: dict[str, Any]) -> dic
         "baseline_over_cold_start_and_bootstrap": round(base / ours, 2),
         "per_test_reset_over_baseline": round(reset / base, 5),
         "baseline_over_per_test_reset": round(base / reset, 1),
+        "each_figure": each_figure_ratios(lab_doc, baseline_doc, images_doc or {}),
     }
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, int | float) and value > 0
+
+
+def _sum(doc: dict[str, Any], keys: tuple[str, ...]) -> float | None:
+    values = [doc.get(k) for k in keys]
+    return sum(v for v in values if isinstance(v, int | float)) \
+        if all(_positive(v) for v in values) else None
+
+
+# Each of our figures, the baseline figure that does the same job, and why they compare. Where
+# the usual way has no such step (it keeps no saved state), its counterpart is a rebuild.
+_REBUILD = ("baseline.total_seconds", "the usual way keeps no saved state: it rebuilds")
+_COUNTERPARTS: tuple[tuple[str, str, str], ...] = (
+    ("images.cold_build_seconds", "baseline.provision_seconds",
+     "making Ganeti nodes of a base system: our images (once for every node, then cached) "
+     "against apt + shell on each node"),
+    ("images.warm_build_seconds", "baseline.provision_seconds",
+     "the same, when nothing changed since the last build"),
+    ("lab.cold_start_to_ssh_seconds", "baseline.up_to_settled_seconds",
+     "machines booted with Ganeti installed, settled: vagrant up + provisioning + settle"),
+    ("lab.bootstrap_one_cluster_seconds", "baseline.bootstrap_seconds",
+     "the same bootstrap code on the same topology (ours also saves two snapshots)"),
+    ("lab.cold_start_and_bootstrap_seconds", "baseline.total_seconds",
+     "an empty host to a verified cluster"),
+    ("lab.bootstrap_two_clusters_seconds", *_REBUILD),
+    ("lab.snapshot_save_seconds", "baseline.total_seconds",
+     "what a saved state spares: the usual way keeps none, so getting back to it is a rebuild"),
+    ("lab.restore_to_verified_cluster_seconds", *_REBUILD),
+    ("lab.per_test_reset_seconds", *_REBUILD),
+)
+
+
+def each_figure_ratios(lab_doc: dict[str, Any], baseline_doc: dict[str, Any],
+                       images_doc: dict[str, Any]) -> dict[str, Any]:
+    """``{our figure: {ours_seconds, baseline_figure, baseline_seconds, baseline_over_ours,
+    why}}``; a figure either side did not measure carries ``missing`` instead of a ratio."""
+    values: dict[str, Any] = {f"lab.{k}": v for k, v in lab_doc.items()}
+    values.update({f"images.{k}": v for k, v in images_doc.items()})
+    values.update({f"baseline.{k}": v for k, v in baseline_doc.items()})
+    values["lab.cold_start_and_bootstrap_seconds"] = _sum(
+        lab_doc, ("cold_start_to_ssh_seconds", "bootstrap_one_cluster_seconds"))
+    values["baseline.up_to_settled_seconds"] = _sum(
+        baseline_doc, ("prepare_seconds", "vagrant_up_seconds", "provision_seconds",
+                       "settle_seconds"))
+    result: dict[str, Any] = {}
+    for ours_key, base_key, why in _COUNTERPARTS:
+        ours, base = values.get(ours_key), values.get(base_key)
+        entry: dict[str, Any] = {"ours_seconds": ours, "baseline_figure": base_key,
+                                 "baseline_seconds": base, "why": why}
+        if _positive(ours) and _positive(base):
+            entry["baseline_over_ours"] = round(base / ours, 2)
+        else:
+            entry["missing"] = ", ".join(k for k, v in ((ours_key, ours), (base_key, base))
+                                         if not _positive(v))
+        result[ours_key] = entry
+    return result

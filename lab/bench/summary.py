@@ -117,6 +117,20 @@ def rows(doc: dict[str, Any]) -> list[Row]:
     return out
 
 
+def ratio_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(our figure, ours, the baseline's counterpart, baseline / ours) for every figure."""
+    each = (doc.get("ratios") or {}).get("each_figure") or {}
+    out = []
+    for figure, entry in each.items():
+        ours, base = entry.get("ours_seconds"), entry.get("baseline_seconds")
+        ratio = (f"{entry['baseline_over_ours']}x" if "baseline_over_ours" in entry
+                 else f"not measured: {entry.get('missing')}")
+        out.append((figure, f"{ours:.1f}" if isinstance(ours, int | float) else "-",
+                    f"{entry.get('baseline_figure')} "
+                    f"{f'{base:.1f}' if isinstance(base, int | float) else '-'}", ratio))
+    return out
+
+
 def markdown(doc: dict[str, Any]) -> str:
     host = doc.get("host") or {}
     accelerator = (host.get("accelerator") or {}).get("name", "?")
@@ -126,4 +140,11 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{_s(doc, 'total_seconds')} s\n\n")
     lines = ["| figure | seconds |", "| --- | --- |"]
     lines += [f"| {name} | {value} |" for name, value in rows(doc)]
+    each = ratio_rows(doc)
+    if each:
+        lines += ["", "Each of our figures against the baseline's step that does the same job "
+                  "(`ratios.each_figure` says why each pair compares):", "",
+                  "| our figure | ours (s) | baseline counterpart (s) | baseline / ours |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in each]
     return head + "\n".join(lines) + "\n"
