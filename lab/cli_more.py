@@ -81,6 +81,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text + "\n")
     sys.stdout.write(text + "\n")
     sys.stderr.write(markdown(document))  # stdout is the JSON document alone
+    if document.get("interrupted"):  # what was measured is out; the exit says it is partial
+        return 130
     return 0
 
 

@@ -456,6 +456,86 @@ def test_a_failing_step_is_recorded_and_the_lab_still_destroyed(
     assert doc["baseline"] == {"skipped": True, "reason": "--smallest"}
 
 
+def test_an_interrupt_keeps_what_was_measured_and_destroys_the_lab(
+        faked: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.bench.summary import markdown
+
+    def interrupted(lab: Any, layout: str, timings: Any) -> None:
+        raise KeyboardInterrupt("signal 15")  # what sigterm_as_interrupt raises on SIGTERM
+
+    monkeypatch.setattr("lab.bench.labs.ensure_layout", interrupted)
+    doc = bench.run_bench(_args(smallest=True))
+    assert doc["interrupted"] == {"section": "lab", "signal": "signal 15"}
+    assert doc["images"]["warm_build_seconds"] >= 0  # measured before: kept
+    assert "lab" not in doc and "scaling" not in doc
+    assert faked["destroyed"] == [bench.LAB_NAME]
+    assert doc["total_seconds"] >= 0
+    assert "**Interrupted** (signal 15) in section lab" in markdown(doc)
+
+
+def test_an_interrupt_while_two_labs_boot_ends_their_boots_before_destroying_them(
+        faked: dict[str, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C reaches the main thread only; the labs booting in worker threads must stop
+    booting (their `vagrant up` ended) before they are destroyed, or they leave machines."""
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    from lab.bench.labs import two_labs_at_once
+
+    events: list[str] = []
+    booting: list[subprocess.Popen[bytes]] = []
+
+    class Booting(_FakeLab):
+        def up(self, steps: Any) -> None:
+            proc = subprocess.Popen(["sleep", "120"])  # stands for `vagrant up`
+            booting.append(proc)
+            proc.wait()
+            events.append(f"{self.name} boot ended {proc.returncode}")
+            raise RuntimeError("vagrant up was killed")
+
+    def interrupt_once_both_boot() -> None:
+        while len(booting) < 2:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr("lab.bench.labs.Lab", Booting)
+    monkeypatch.setattr("lab.bench.cleanup.destroy", lambda name: events.append(f"destroy {name}"))
+    threading.Thread(target=interrupt_once_both_boot, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        two_labs_at_once(ImageStore())
+    ended = sorted(e for e in events if " boot ended " in e)
+    assert ended == [f"{n} boot ended {-signal.SIGTERM}" for n in sorted(bench.PAIR_NAMES)]
+    destroys = [e for e in events if e.startswith("destroy ")]
+    assert destroys == [f"destroy {n}" for n in bench.PAIR_NAMES]
+    assert events.index(destroys[0]) > max(events.index(e) for e in ended)
+
+
+def test_a_lab_that_fails_to_close_is_still_destroyed(faked: dict[str, list[str]]) -> None:
+    from lab.bench.cleanup import _destroy
+
+    class Unclosable:
+        def close(self) -> None:
+            raise OSError("ssh transport already gone")
+
+    doc: dict[str, Any] = {}
+    _destroy("bench-x", Unclosable(), doc)  # type: ignore[arg-type]
+    assert faked["destroyed"] == ["bench-x"]
+    assert doc["destroy_seconds"] >= 0 and "destroy_error" not in doc
+
+
+def test_bootstrap_breakdown_of_an_unknown_layout_does_not_mask_the_error() -> None:
+    from types import SimpleNamespace
+
+    from lab.bench.figures import _bootstrap_figures
+    from lab.timings import Timings
+
+    lab = SimpleNamespace(plan=SimpleNamespace(layouts={}))
+    out = _bootstrap_figures(Timings(Path("/nonexistent"), "r"), 0, lab, "nope")  # type: ignore[arg-type]
+    assert out["error"].startswith("KeyError")
+
+
 # The real thing, smallest settings ---------------------------------------------------------------
 
 

@@ -81,11 +81,21 @@ SCHEMA = 1
 # The document ---------------------------------------------------------------------------------
 
 
+class SectionInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM during a section (its labs are destroyed on the way out)."""
+
+    def __init__(self, section: str, signal: str) -> None:
+        super().__init__(signal)
+        self.section, self.signal = section, signal
+
+
 def _guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     log.info("bench: section %s", name)
     started = time.monotonic()
     try:
         doc = fn()
+    except KeyboardInterrupt as exc:
+        raise SectionInterrupted(name, str(exc) or "Ctrl-C") from exc
     except Exception as exc:
         log.error("bench: section %s failed: %s", name, exc)
         return {"error": _error(exc), "section_seconds": _r(time.monotonic() - started)}
@@ -99,7 +109,6 @@ def run_bench(args: Any) -> dict[str, Any]:
     """Run every section the arguments ask for; return one JSON-serialisable document."""
     run_id = new_run_id()
     started_at, started = utc_now(), time.monotonic()
-    smallest = _flag(args, "smallest")
     # Phases are kept in memory only (figures are pulled into the document); never written.
     timings = Timings(Path(tempfile.gettempdir()) / "ganeti-lab-bench" / run_id, run_id)
     doc: dict[str, Any] = {
@@ -110,26 +119,39 @@ def run_bench(args: Any) -> dict[str, Any]:
         "settings": {k: _flag(args, k) for k in
                      ("smallest", "skip_cold_build", "skip_baseline", "skip_scaling")},
     }
-    with sigterm_as_interrupt():  # a CI timeout or `kill` still destroys every lab
-        store = ImageStore()
-        doc["host"] = _guarded("host", lambda: host_section(store))
-        doc["images"] = _guarded("images", lambda: images_section(args, store, timings))
-        topo: topology.Topology | None = None
-        try:
-            topo = topology.load("tiny" if smallest else None)
-        except Exception as exc:
-            doc["lab"] = {"error": _error(exc)}
-        if topo is not None:
-            lab_topo = topo
-            doc["lab"] = _guarded("lab", lambda: lab_section(lab_topo, store, timings))
-            doc["baseline"] = _guarded(
-                "baseline", lambda: baseline_section(args, lab_topo, store, timings))
-        else:
-            doc["baseline"] = ({"skipped": True, "reason": skip_reason(args, "baseline")}
-                               if skip_reason(args, "baseline")
-                               else {"error": "the default topology did not load"})
-        doc["ratios"] = compute_ratios(doc["lab"], doc["baseline"], doc["images"])
-        doc["scaling"] = _guarded("scaling", lambda: scaling_section(args, store, timings))
+    try:
+        with sigterm_as_interrupt():  # a CI timeout or `kill` still destroys every lab
+            _run_sections(args, doc, timings)
+    except KeyboardInterrupt as exc:
+        # Every lab made so far was destroyed on the way here; keep what was measured.
+        section = exc.section if isinstance(exc, SectionInterrupted) else None
+        doc["interrupted"] = {"section": section, "signal": str(exc) or "Ctrl-C"}
+        log.error("bench: interrupted (%s) in section %s; the document holds what was "
+                  "measured before", doc["interrupted"]["signal"], section)
     doc["finished"] = iso(utc_now())
     doc["total_seconds"] = _r(time.monotonic() - started)
     return doc
+
+
+def _run_sections(args: Any, doc: dict[str, Any], timings: Timings) -> None:
+    """The sections in order, each into ``doc`` as it ends."""
+    smallest = _flag(args, "smallest")
+    store = ImageStore()
+    doc["host"] = _guarded("host", lambda: host_section(store))
+    doc["images"] = _guarded("images", lambda: images_section(args, store, timings))
+    topo: topology.Topology | None = None
+    try:
+        topo = topology.load("tiny" if smallest else None)
+    except Exception as exc:
+        doc["lab"] = {"error": _error(exc)}
+    if topo is not None:
+        lab_topo = topo
+        doc["lab"] = _guarded("lab", lambda: lab_section(lab_topo, store, timings))
+        doc["baseline"] = _guarded(
+            "baseline", lambda: baseline_section(args, lab_topo, store, timings))
+    else:
+        doc["baseline"] = ({"skipped": True, "reason": skip_reason(args, "baseline")}
+                           if skip_reason(args, "baseline")
+                           else {"error": "the default topology did not load"})
+    doc["ratios"] = compute_ratios(doc["lab"], doc["baseline"], doc["images"])
+    doc["scaling"] = _guarded("scaling", lambda: scaling_section(args, store, timings))

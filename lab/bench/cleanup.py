@@ -42,9 +42,12 @@ def _claim(name: str) -> None:
 def _destroy(name: str, lab: Lab | None, doc: dict[str, Any],
              key: str = "destroy_seconds") -> None:
     started = time.monotonic()
-    try:
-        if lab is not None:
+    if lab is not None:
+        try:  # closing SSH connections must never stand between a lab and its destroy
             lab.close()
+        except Exception as exc:
+            log.warning("bench: closing lab %s: %s", name, exc)
+    try:
         destroy(name)
         doc[key] = _r(time.monotonic() - started)
         left = virt.find(object_prefix(name))

@@ -80,8 +80,14 @@ def bootstrap_breakdown(phases: list[dict[str, Any]], clusters: Iterable[str]
 
 
 def _bootstrap_figures(timings: Timings, since: int, lab: Lab, layout: str) -> dict[str, Any]:
-    return bootstrap_breakdown(timings.phases[since:],
-                               [cp.name for cp in lab.plan.layouts[layout]])
+    """The breakdown of a bootstrap; called on the way out of a failed one too, so it never
+    raises (that would replace the bootstrap's own error)."""
+    try:
+        return bootstrap_breakdown(timings.phases[since:],
+                                   [cp.name for cp in lab.plan.layouts[layout]])
+    except Exception as exc:
+        log.warning("bench: no bootstrap breakdown of layout %s: %s", layout, exc)
+        return {"error": _error(exc)}
 
 
 def compute_ratios(lab_doc: dict[str, Any], baseline_doc: dict[str, Any],

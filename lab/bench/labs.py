@@ -4,10 +4,13 @@ and 6 hypervisors and two tiny labs at once (``scaling``). Every lab made is des
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import psutil
 
 from lab import accel, snapshots, topology
 from lab.bench.cleanup import (
@@ -162,6 +165,12 @@ def scaling_section(args: Any, store: ImageStore, timings: Timings) -> dict[str,
     return doc
 
 
+def _end_child_processes() -> None:
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.terminate()
+
+
 def two_labs_at_once(store: ImageStore) -> dict[str, Any]:
     doc: dict[str, Any] = {"labs": {name: {} for name in PAIR_NAMES}}
     labs: list[Lab] = []
@@ -183,14 +192,22 @@ def two_labs_at_once(store: ImageStore) -> dict[str, Any]:
             return time.monotonic() - t0, dict(steps.durations)
 
         ups_started = time.monotonic()
-        with ThreadPoolExecutor(max_workers=len(labs)) as pool:
+        pool = ThreadPoolExecutor(max_workers=len(labs))
+        results: dict[str, tuple[float, dict[str, float]]] = {}
+        try:
             futures = {lab.name: pool.submit(up, lab) for lab in labs}
-            results: dict[str, tuple[float, dict[str, float]]] = {}
             for name, future in futures.items():
                 try:
                     results[name] = future.result()
                 except Exception as exc:
                     doc["labs"][name]["error"] = _error(exc)
+        except BaseException:
+            # Ctrl-C/SIGTERM reach the main thread only: end the `vagrant up`s the workers
+            # wait on, so they unwind now instead of booting on while we destroy their labs.
+            _end_child_processes()
+            raise
+        finally:
+            pool.shutdown(wait=True)
         doc["up_wall_seconds"] = _r(time.monotonic() - ups_started)
         doc["wall_seconds"] = _r(time.monotonic() - started)
         for name, (seconds, durations) in results.items():

@@ -138,6 +138,10 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{host.get('cores', '?')} cores, {host.get('memory_mib', '?')} MiB, "
             f"accelerator {accelerator}; total "
             f"{_s(doc, 'total_seconds')} s\n\n")
+    stopped = doc.get("interrupted")
+    if stopped:
+        head += (f"**Interrupted** ({stopped.get('signal')}) in section "
+                 f"{stopped.get('section')}: later figures were not measured.\n\n")
     lines = ["| figure | seconds |", "| --- | --- |"]
     lines += [f"| {name} | {value} |" for name, value in rows(doc)]
     each = ratio_rows(doc)
