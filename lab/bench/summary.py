@@ -48,9 +48,12 @@ def _cluster_parts(bootstrap: dict[str, Any] | None) -> str:
     first = next(iter(clusters.values()))
     adds = [v for v in (first.get("node_add_seconds") or {}).values() if v is not None]
     add = f"{min(adds):.0f}-{max(adds):.0f}" if adds else "-"
-    init, verify = first.get("init_seconds"), first.get("verify_seconds")
-    return (f" (init {init if init is not None else '-'}, node adds {add} each, "
-            f"verify {verify if verify is not None else '-'})")
+    init, verify = (_whole(first.get(k)) for k in ("init_seconds", "verify_seconds"))
+    return f" (init {init}, node adds {add} each, verify {verify})"
+
+
+def _whole(seconds: Any) -> str:
+    return f"{seconds:.0f}" if isinstance(seconds, int | float) else "-"
 
 
 def _scaling_figure(entry: dict[str, Any], key: str) -> str:
