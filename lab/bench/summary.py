@@ -33,11 +33,13 @@ def _why_missing(doc: dict[str, Any], section: str) -> str:
     return "not measured"
 
 
+def _fmt(seconds: Any, digits: int = 1) -> str | None:
+    """A measured figure as text; None when it is not a number (the caller says why)."""
+    return f"{seconds:.{digits}f}" if isinstance(seconds, int | float) else None
+
+
 def _s(doc: dict[str, Any], path: str) -> str:
-    value = _get(doc, path)
-    if isinstance(value, int | float):
-        return f"{value:.1f}"
-    return _why_missing(doc, path.split(".")[0])
+    return _fmt(_get(doc, path)) or _why_missing(doc, path.split(".")[0])
 
 
 def _cluster_parts(bootstrap: dict[str, Any] | None) -> str:
@@ -48,19 +50,15 @@ def _cluster_parts(bootstrap: dict[str, Any] | None) -> str:
     first = next(iter(clusters.values()))
     adds = [v for v in (first.get("node_add_seconds") or {}).values() if v is not None]
     add = f"{min(adds):.0f}-{max(adds):.0f}" if adds else "-"
-    init, verify = (_whole(first.get(k)) for k in ("init_seconds", "verify_seconds"))
+    init, verify = (_fmt(first.get(k), 0) or "-" for k in ("init_seconds", "verify_seconds"))
     return f" (init {init}, node adds {add} each, verify {verify})"
-
-
-def _whole(seconds: Any) -> str:
-    return f"{seconds:.0f}" if isinstance(seconds, int | float) else "-"
 
 
 def _scaling_figure(entry: dict[str, Any], key: str) -> str:
     """One figure of a scaling lab; the step that failed shows its error, not a blank."""
-    value = entry.get(key)
-    if isinstance(value, int | float):
-        return f"{value:.1f}"
+    measured = _fmt(entry.get(key))
+    if measured:
+        return measured
     if entry.get("failed_step") == key and entry.get("error"):
         return f"error: {_first_line(entry['error'])}"
     return "not measured"
@@ -125,12 +123,11 @@ def ratio_rows(doc: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     each = (doc.get("ratios") or {}).get("each_figure") or {}
     out = []
     for figure, entry in each.items():
-        ours, base = entry.get("ours_seconds"), entry.get("baseline_seconds")
         ratio = (f"{entry['baseline_over_ours']}x" if "baseline_over_ours" in entry
                  else f"not measured: {entry.get('missing')}")
-        out.append((figure, f"{ours:.1f}" if isinstance(ours, int | float) else "-",
-                    f"{entry.get('baseline_figure')} "
-                    f"{f'{base:.1f}' if isinstance(base, int | float) else '-'}", ratio))
+        base = _fmt(entry.get("baseline_seconds")) or "-"
+        out.append((figure, _fmt(entry.get("ours_seconds")) or "-",
+                    f"{entry.get('baseline_figure')} {base}", ratio))
     return out
 
 
