@@ -4,16 +4,21 @@ Per node: /var/log/ganeti (compressed), the journal, `gnt-cluster verify` and `g
 masters; per domain: the serial console log and libvirt XML; the networks' XML. Every item has
 its own timeout and a failure to collect one is written down and skipped: collection never fails
 or hangs a run.
+
+Nothing is written unscrubbed: every text goes through ``lab.secrets.scrub`` before it reaches
+``dest``, and the log tarballs are fetched into a private temporary directory and repacked into
+``dest`` with every member scrubbed.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lab import secrets as lab_secrets
 from lab import virt
 from lab.ganeti.gnt import fetch_ganeti_logs
 from lab.remote import Machine
@@ -23,6 +28,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lab.artifacts")
 PER_NODE_SECONDS = 90.0
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(lab_secrets.scrub(text))
+
+
+def _copy(src: Path, dest: Path) -> None:
+    dest.write_bytes(lab_secrets.scrub_bytes(Path(src).read_bytes()))
+
+
+def _ganeti_logs(m: Machine, dest: Path, timeout: float) -> None:
+    # Fetched outside dest (0700 temporary directory), so only the scrubbed copy lands there.
+    with tempfile.TemporaryDirectory(prefix="lab-artifacts-") as tmp:
+        raw = fetch_ganeti_logs(m, Path(tmp), timeout)
+        lab_secrets.scrub_tarball(raw, dest / raw.name)
 
 
 def collect(lab: Lab, dest: Path, masters: list[str] | None = None) -> Path:
@@ -36,27 +56,28 @@ def collect(lab: Lab, dest: Path, masters: list[str] | None = None) -> Path:
             problems.append(f"{label}: {type(exc).__name__}: {exc}")
 
     for m in lab.plan.machines:
-        guarded(f"{m.name} domain xml", lambda m=m: (dest / f"{m.name}.domain.xml")
-                .write_text(virt.domain_xml(m.domain)))
+        guarded(f"{m.name} domain xml", lambda m=m: _write(dest / f"{m.name}.domain.xml",
+                                                           virt.domain_xml(m.domain)))
         console = Path(lab.plan.console_dir) / f"{m.name}.log"
-        guarded(f"{m.name} console", shutil.copy, console, dest / f"{m.name}.console.log")
+        guarded(f"{m.name} console", _copy, console, dest / f"{m.name}.console.log")
     for net in (lab.plan.mgmt_network, lab.plan.lab_network):
-        guarded(f"{net} xml", lambda net=net: (dest / f"{net}.network.xml")
-                .write_text(virt.network_xml_of(net)))
+        guarded(f"{net} xml", lambda net=net: _write(dest / f"{net}.network.xml",
+                                                     virt.network_xml_of(net)))
 
     def node(m: Machine) -> None:
-        guarded(f"{m.name} journal", lambda: (dest / f"{m.name}.journal.txt").write_text(
+        guarded(f"{m.name} journal", lambda: _write(
+            dest / f"{m.name}.journal.txt",
             m.run("journalctl -b --no-pager -n 3000", timeout=60).stdout))
         if m.name in {p.name for p in lab.plan.hypervisors}:
-            guarded(f"{m.name} ganeti logs", fetch_ganeti_logs, m, dest, 60.0)
+            guarded(f"{m.name} ganeti logs", _ganeti_logs, m, dest, 60.0)
         if masters and m.name in masters:
             for cmd, name in (("gnt-cluster verify", "gnt-cluster-verify"),
                               ("gnt-job list", "gnt-job-list"),
                               ("gnt-instance list -o name,pnode,snodes,status,disk_template",
                                "gnt-instance-list")):
-                guarded(f"{m.name} {cmd}", lambda cmd=cmd, name=name: (
-                    dest / f"{m.name}.{name}.txt").write_text(
-                        (r := m.run(cmd, timeout=120)).stdout + r.stderr))
+                guarded(f"{m.name} {cmd}", lambda cmd=cmd, name=name: _write(
+                    dest / f"{m.name}.{name}.txt",
+                    (r := m.run(cmd, timeout=120)).stdout + r.stderr))
 
     pool = ThreadPoolExecutor(max_workers=len(lab.plan.machines))
     futures = [pool.submit(node, lab.machine(m.name)) for m in lab.plan.machines]
@@ -65,7 +86,7 @@ def collect(lab: Lab, dest: Path, masters: list[str] | None = None) -> Path:
     if late:
         problems.append(f"{len(late)} node(s) did not answer within {PER_NODE_SECONDS:.0f} s")
     if problems:
-        (dest / "COLLECTION-PROBLEMS.txt").write_text("\n".join(problems) + "\n")
+        _write(dest / "COLLECTION-PROBLEMS.txt", "\n".join(problems) + "\n")
         log.warning("artifacts: %d item(s) could not be collected (see %s)", len(problems),
                     dest / "COLLECTION-PROBLEMS.txt")
     log.info("artifacts of lab %s in %s", lab.name, dest)

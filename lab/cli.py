@@ -6,11 +6,16 @@ import argparse
 import json
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
+import filelock
+import libvirt
+import paramiko
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from lab import snapshots, topology, virt
 from lab.errors import LabError
@@ -18,7 +23,8 @@ from lab.images import ImageStore, build_images
 from lab.images.recipe import recipes
 from lab.images.store import unregister_box, vagrant_boxes
 from lab.leases import LeaseBook
-from lab.machines import Lab, destroy, destroy_stale
+from lab.machines import Lab, LabInUse, destroy, destroy_stale
+from lab.names import name_problem
 from lab.progress import Steps
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -36,6 +42,13 @@ the built-in `default` profile; built-ins: %(profiles)s). Typical session:
   ganeti-lab snapshot restore clean   # back in seconds
   ganeti-lab destroy default
 """
+
+
+def _name_arg(text: str) -> str:
+    problem = name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"invalid lab name: {problem}")
+    return text
 
 
 def _lab_name(args: argparse.Namespace) -> str:
@@ -100,8 +113,50 @@ def cmd_images_prune(args: argparse.Namespace) -> int:
 # lifecycle ------------------------------------------------------------------------------------
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a topology and show the plan `up` would make. Creates nothing: no lease, no
+    lab directory, no libvirt connection (an invalid file raises TopologyError: exit 2)."""
+    running = topology.memory_in_use_mib()
+    topo = topology.load(args.topology, running_mib=running)
+
+    def out(text: str = "") -> None:
+        # Descriptions are free text: never read them as rich markup.
+        console.print(text, markup=False, highlight=False)
+
+    def table(rows: list[list[str]]) -> None:
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        for r in rows:
+            out("  " + "  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True))
+                .rstrip())
+
+    host = topology.host_memory()
+    out(f"topology {topo.source}: valid (lab {topo.name!r})")
+    if topo.description:
+        out(f"  {topo.description}")
+    out(f"machines: {len(topo.machines)}, {sum(m.cpus for m in topo.machines)} vCPUs, "
+        f"{topo.memory_mib} MiB (host: {host} MiB, {topology.HOST_MEMORY_RESERVE_MIB} MiB "
+        f"kept for it, {running} MiB used by running labs)")
+    table([[m.name, m.role, f"{m.cpus} vCPU", f"{m.memory_mib} MiB",
+            "disks: " + (", ".join(f"{d} GiB" for d in m.disks_gib) or "none")]
+           for m in topo.machines])
+    out("networks:")
+    table([[n.name, n.role, str(n.subnet) if n.subnet else "auto (leased at up)"]
+           for n in topo.networks])
+    out(f"layouts (default: {topo.default_layout}):")
+    for layout, clusters in topo.layouts.items():
+        out(f"  {layout}:")
+        for c in clusters:
+            out(f"    {c.name}: nodes {', '.join(c.nodes)} (master {c.master}); "
+                f"disk templates {', '.join(c.disk_templates)}; "
+                f"hypervisors {', '.join(c.hypervisors)}; vg {c.vg_name}")
+    up = f"ganeti-lab up --topology {shlex.quote(args.topology)}" if args.topology else \
+        "ganeti-lab up"
+    out(f"nothing was created; `{up}` brings this lab up")
+    return 0
+
+
 def cmd_prepare(args: argparse.Namespace) -> int:
-    topo = topology.load(args.topology)
+    topo = _load_topology(args)
     lab = Lab.prepare(topo, args.name)
     lab.keep()
     # Plain `vagrant up` attaches to the lab's networks; they carry its fixed addresses.
@@ -118,7 +173,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    topo = topology.load(args.topology)
+    topo = _load_topology(args)
     lab = Lab.prepare(topo, args.name)
     console.print(f"lab {lab.name}: accelerator {lab.accelerator}")
     lab.up(Steps(f"lab {lab.name}"))
@@ -193,12 +248,17 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
 
 def cmd_destroy(args: argparse.Namespace) -> int:
     if args.all:
-        names = sorted(LeaseBook().all())
-        for name in names:
-            console.print(f"lab {name}: removed {destroy(name)}")
+        # Kept labs (no owner) go too; a lab a live run is using only with --force.
+        code = 0
+        for name in sorted(LeaseBook().all()):
+            try:
+                console.print(f"lab {name}: removed {destroy(name, force=args.force)}")
+            except LabInUse as exc:
+                errors.print(Text(f"lab {name}: left alone: {exc}"))
+                code = 1
         for lab, objects in destroy_stale().items():
             console.print(f"{lab}: removed {objects}")
-        return 0
+        return code
     if args.stale:
         removed = destroy_stale()
         for lab, objects in removed.items():
@@ -209,9 +269,15 @@ def cmd_destroy(args: argparse.Namespace) -> int:
     if not args.lab:
         raise LabError("which lab?", "give a lab name, --stale for labs of dead runs, or --all")
     for name in args.lab:
-        objects = destroy(name)
+        objects = destroy(name, force=args.force)
         console.print(f"lab {name}: removed {objects}")
     return 0
+
+
+def _load_topology(args: argparse.Namespace) -> topology.Topology:
+    """The topology, with memory checked against what the host's other labs already use."""
+    others = topology.memory_in_use_mib(exclude={args.name} if args.name else ())
+    return topology.load(args.topology, running_mib=others)
 
 
 # parser ---------------------------------------------------------------------------------------
@@ -240,9 +306,17 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--force", action="store_true", help="rebuild the role images")
 
     def lab_opts(sp: argparse.ArgumentParser, topo: bool = False) -> None:
-        sp.add_argument("--name", help="lab name (default: the topology's, or the only lab)")
+        sp.add_argument("--name", type=_name_arg,
+                        help="lab name (default: the topology's, or the only lab)")
         if topo:
             sp.add_argument("--topology", help="TOML file or built-in profile name")
+
+    sp = sub.add_parser("check", help="validate a topology and show the lab it describes "
+                                      "(creates nothing)")
+    sp.add_argument("topology", nargs="?", metavar="TOPOLOGY",
+                    help="TOML file or built-in profile name (default: ./lab.toml, else the "
+                         "`default` profile)")
+    sp.set_defaults(fn=cmd_check)
 
     sp = sub.add_parser("prepare", help="lease subnets, write the plan and create the lab's "
                                         "networks (for plain vagrant)")
@@ -277,7 +351,10 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--stale", action="store_true",
                     help="remove labs whose owner process is gone, and orphaned objects")
     sp.add_argument("--all", action="store_true",
-                    help="remove every lab on this host, kept ones too, and orphans")
+                    help="remove every lab on this host, kept ones too, and orphans; a lab "
+                         "that a live run uses only with --force")
+    sp.add_argument("--force", action="store_true",
+                    help="also destroy labs whose owner process (a test run, `up`) is alive")
     sp.set_defaults(fn=cmd_destroy)
 
     _extra_commands(sub)
@@ -310,11 +387,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except LabError as exc:
-        errors.print(f"[red]error:[/] {exc}", highlight=False)
+        # The message quotes user input (file contents, names): print it as plain text, as
+        # rich markup a "[/x]" in it would crash the error report itself.
+        errors.print(Text.assemble(("error:", "red"), " ", str(exc)), highlight=False)
         return 2
     except KeyboardInterrupt:
         errors.print("[red]interrupted[/]")
         return 130
+    except (libvirt.libvirtError, filelock.Timeout, paramiko.SSHException, OSError) as exc:
+        # Failures of the tools below the library: one clear line, never a traceback.
+        errors.print(Text.assemble(("error:", "red"), " ", _tool_error(exc)), highlight=False)
+        return 2
+
+
+def _tool_error(exc: BaseException) -> str:
+    if isinstance(exc, libvirt.libvirtError):
+        return (f"libvirt: {exc}\n  fix: check that libvirtd runs (`virsh list --all`); "
+                "in a sandbox run the command through scripts/labrun")
+    if isinstance(exc, filelock.Timeout):
+        return (f"another ganeti-lab process holds the lock {exc.lock_file}\n  fix: wait for "
+                "it to finish (`ganeti-lab status` shows the labs and their owners)")
+    if isinstance(exc, paramiko.SSHException):
+        return (f"SSH: {exc}\n  fix: check the machine with `ganeti-lab status` and its "
+                "console log")
+    return f"{exc}\n  fix: check the path and its permissions"
 
 
 if __name__ == "__main__":

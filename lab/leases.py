@@ -157,5 +157,20 @@ class LeaseBook:
         with self._locked() as leases:
             leases.pop(lab, None)
 
+    def claim_stale(self, lab: str | None = None) -> list[Lease]:
+        """Take over, under the lock, the leases whose owner died (only ``lab``'s if given).
+
+        Whoever removes a dead run's lab owns it first, so no other process can lease the
+        name in between and have its fresh lab taken for leftovers.
+        """
+        pid, started = _me()
+        claimed = []
+        with self._locked() as leases:
+            for lease in leases.values():
+                if (lab is None or lease.lab == lab) and not lease.owner_alive():
+                    lease.owner_pid, lease.owner_started = pid, started
+                    claimed.append(lease)
+        return claimed
+
     def stale(self) -> list[Lease]:
         return [lease for lease in self.all().values() if not lease.owner_alive()]

@@ -13,22 +13,26 @@ import os
 import re
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import vagrant
 
-from lab import accel, virt
+from lab import accel, paths, virt
 from lab.errors import LabError
 from lab.images import ImageStore
 from lab.images.recipe import recipes
+from lab.images.store import Image, ensure_registered
 from lab.keys import ensure_keypair
 from lab.leases import LeaseBook
-from lab.paths import lab_dir, object_prefix, state_dir
+from lab.names import name_problem, validate_lab_name
+from lab.paths import lab_dir, labs_dir, state_dir
 from lab.progress import Steps
 from lab.remote import Machine
 from lab.shell import tail
@@ -51,6 +55,7 @@ class Lab:
         self.plan = plan
         self.name = plan.lab
         self._machines: dict[str, Machine] = {}
+        self.cancel = threading.Event()
 
     def __repr__(self) -> str:
         return f"Lab({self.name})"
@@ -61,30 +66,51 @@ class Lab:
     def prepare(
         cls, topology: Topology, name: str | None = None, store: ImageStore | None = None
     ) -> Lab:
-        """Lease subnets, make the lab's keys and write its plan. Creates no libvirt object."""
-        name = name or topology.name
+        """Lease subnets, make the lab's keys and write its plan. Creates no lab domain.
+
+        An error, Ctrl-C or SIGTERM on the way removes what this call made (the lease, the
+        state directory); a lab that already existed under that name is left as it was.
+        """
+        name = validate_lab_name(name or topology.name)
         store = store or ImageStore()
         roles = {m.role for m in topology.machines}
         all_recipes = recipes()
         images = {role: store.get(role, all_recipes[role].key()) for role in roles}
         book = LeaseBook()
-        previous = book.get(name)
-        if previous is not None and not previous.owner_alive():
+        if book.claim_stale(name):
             log.warning("lab %s: leftovers of a dead run found; removing them first", name)
             destroy(name)
-        lease = book.acquire(name, {n.name: n.subnet for n in topology.networks},
-                             topology.source)
+        existed = book.get(name) is not None
+        with sigterm_as_interrupt():
+            lease = book.acquire(name, {n.name: n.subnet for n in topology.networks},
+                                 topology.source)
+            log.info("lab %s: leased %s; preparing keys, accelerator, plan and boot files",
+                     name, ", ".join(lease.subnets.values()))
+            try:
+                return cls._write_plan(topology, name, lease.subnets, images)
+            except BaseException:
+                if not existed:
+                    log.error("lab %s: prepare failed; removing what it made", name)
+                    _roll_back(name)
+                raise
+
+    @classmethod
+    def _write_plan(cls, topology: Topology, name: str, subnets: dict[str, str],
+                    images: dict[str, Image]) -> Lab:
         directory = lab_dir(name)
         (directory / "console").mkdir(parents=True, exist_ok=True)
         public_key = ensure_keypair(directory / "id_ed25519", "lab-login")
         ensure_keypair(directory / "node_ed25519", "lab-nodes")
         chosen = accel.detect(images["hypervisor"].kernel if "hypervisor" in images else None)
-        lab_plan = plan(topology, name, lease.subnets, directory / "id_ed25519",
+        lab_plan = plan(topology, name, subnets, directory / "id_ed25519",
                         directory / "console", chosen.libvirt_domain_type, chosen.cpu_mode)
         virt.ensure_default_pool()
-        boot = {role: (virt.ensure_boot_file(str(img.kernel), f"{img.box_name}-vmlinuz"),
-                       virt.ensure_boot_file(str(img.initrd), f"{img.box_name}-initrd"))
+        boot = {role: (virt.ensure_pool_volume(img.kernel, f"{img.box_name}-vmlinuz"),
+                       virt.ensure_pool_volume(img.initrd, f"{img.box_name}-initrd"))
                 for role, img in images.items()}
+        for img in images.values():
+            virt.ensure_box_volume(img.box_name, ensure_registered(img),
+                                   int(img.manifest["virtual_size_gib"]) * 2**30)
         for i, m in enumerate(lab_plan.machines):
             lab_plan.machines[i] = type(m)(**{
                 **m.__dict__, "box": images[m.role].box_name, "kernel": boot[m.role][0],
@@ -96,7 +122,7 @@ class Lab:
 
     @classmethod
     def attach(cls, name: str) -> Lab:
-        path = lab_dir(name) / "lab.json"
+        path = lab_dir(validate_lab_name(name)) / "lab.json"
         if not path.exists():
             raise LabError(f"no lab named {name!r} on this host",
                            "list labs with `ganeti-lab status`, or bring one up with "
@@ -114,7 +140,7 @@ class Lab:
         if name not in self._machines:
             m = self.plan.machine(name)
             self._machines[name] = Machine(name, m.mgmt_ip, Path(self.plan.key),
-                                           self.dir / "known_hosts")
+                                           self.dir / "known_hosts", cancel=self.cancel)
         return self._machines[name]
 
     @property
@@ -131,10 +157,31 @@ class Lab:
 
     def on_all(self, fn: Callable[[Machine], T], machines: list[Machine] | None = None
                ) -> dict[str, T]:
-        """Run ``fn`` on every machine at once; the first error is raised after all finish."""
+        """Run ``fn`` on every machine at once.
+
+        Every machine's error is reported, not just the first (one ``LabError`` naming each
+        failed machine). Ctrl-C or SIGTERM cancels the waits of every machine and is raised
+        at once, instead of after the slowest worker thread gives up.
+        """
         targets = machines if machines is not None else self.machines
-        with ThreadPoolExecutor(max_workers=max(1, len(targets))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, len(targets)))
+        try:
             futures = {m.name: pool.submit(fn, m) for m in targets}
+            wait(futures.values())
+        except BaseException:
+            self.cancel.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        errors = {name: f.exception() for name, f in futures.items() if f.exception()}
+        if len(errors) == 1:
+            raise next(iter(errors.values()))  # type: ignore[misc]
+        if errors:
+            raise LabError(f"{len(errors)} of {len(targets)} machines failed:\n"
+                           + "\n".join(f"  {name}: {str(exc).splitlines()[0]}"
+                                        for name, exc in errors.items()),
+                           "the lines above name each machine; its console log and "
+                           "`ganeti-lab status` tell more")
         return {name: f.result() for name, f in futures.items()}
 
     def close(self) -> None:
@@ -205,10 +252,7 @@ class Lab:
                     virt.ensure_networks(self.plan)
                 with steps.step(f"boot {len(self.plan.machines)} machines (vagrant up, "
                                 f"{self.plan.driver})"):
-                    try:
-                        self._vagrant().up(provider="libvirt")
-                    except Exception:
-                        raise self._vagrant_failed("up") from None
+                    self._vagrant_up()
                 with steps.step("SSH on every machine"):
                     self.on_all(lambda m: m.wait_for_ssh(timeout=600))
                 with steps.step("settle machines (hosts, DNS/DHCP, NFS, LVM, node keys)"):
@@ -217,9 +261,60 @@ class Lab:
                     settle(self)
         except BaseException:
             log.error("lab %s: bring-up failed; removing everything it created", self.name)
+            self.cancel.set()
             self.close()
-            destroy(self.name)
+            _roll_back(self.name)
             raise
+
+    def _vagrant_up(self) -> None:
+        """`vagrant up`, watched: a bring-up that makes no progress (no new Vagrant output, no
+        domain changing state) for ``stall_seconds()`` is stopped and fails, naming each
+        machine's state and the last thing Vagrant said about it."""
+        stalled: list[str] = []
+        done = threading.Event()
+
+        def watch() -> None:
+            log_path = self.dir / "vagrant.log"
+            last_seen: tuple[int, dict[str, str]] | None = None
+            last_change = time.monotonic()
+            while not done.wait(5.0):
+                try:
+                    seen = (log_path.stat().st_size if log_path.exists() else 0,
+                            virt.domain_states(self.plan))
+                except LabError:
+                    continue
+                if seen != last_seen:
+                    last_seen, last_change = seen, time.monotonic()
+                elif time.monotonic() - last_change > stall_seconds():
+                    stalled.append(self._stall_report(seen[1]))
+                    stop_lab_processes(self.name)
+                    return
+
+        watcher = threading.Thread(target=watch, name=f"watch-{self.name}", daemon=True)
+        watcher.start()
+        try:
+            self._vagrant().up(provider="libvirt")
+        except Exception:
+            if stalled:
+                raise LabError(f"lab {self.name}: `vagrant up` made no progress for "
+                               f"{stall_seconds():.0f} s and was stopped:\n{stalled[0]}",
+                               f"read {keep_failure_logs(self)} (vagrant.log, console logs)"
+                               ) from None
+            raise self._vagrant_failed("up") from None
+        finally:
+            done.set()
+            watcher.join()
+
+    def _stall_report(self, states: dict[str, str]) -> str:
+        text = (self.dir / "vagrant.log").read_text(errors="replace") \
+            if (self.dir / "vagrant.log").exists() else ""
+        last: dict[str, str] = {}
+        for line in text.splitlines():
+            found = re.match(r"^==> (\S+?): (.*)", line.strip())
+            if found:
+                last[found.group(1)] = found.group(2)
+        return "\n".join(f"  {m.name}: {states.get(m.name, 'absent')}; last: "
+                         f"{last.get(m.name, 'nothing yet')}" for m in self.plan.machines)
 
     def status(self) -> dict[str, Any]:
         states = virt.domain_states(self.plan)
@@ -238,9 +333,18 @@ class Lab:
         """Detach from this process: the lab stays until `ganeti-lab destroy`."""
         LeaseBook().set_owner(self.name, None)
 
-    def destroy(self) -> virt.LabObjects:
+    def destroy(self, force: bool = False) -> virt.LabObjects:
         self.close()
-        return destroy(self.name)
+        return destroy(self.name, force=force)
+
+
+def stall_seconds() -> float:
+    """How long a bring-up may show no progress before it fails (GANETI_LAB_STALL_SECONDS)."""
+    return float(os.environ.get("GANETI_LAB_STALL_SECONDS", "300"))
+
+
+FAILURE_LOGS_KEPT = 20
+FAILURE_LOGS_DAYS = 14
 
 
 def keep_failure_logs(lab: Lab) -> Path:
@@ -253,33 +357,148 @@ def keep_failure_logs(lab: Lab) -> Path:
     return target
 
 
-def destroy(name: str) -> virt.LabObjects:
-    """Remove every libvirt object, the lease and the state of lab ``name`` (idempotent)."""
-    removed = virt.remove(object_prefix(name))
+def prune_failure_logs(keep: int = FAILURE_LOGS_KEPT, days: float = FAILURE_LOGS_DAYS
+                       ) -> list[Path]:
+    """Drop kept failure logs beyond the newest ``keep`` or older than ``days``."""
+    root = state_dir() / "failed"
+    if not root.is_dir():
+        return []
+    entries = sorted((p for p in root.iterdir() if p.is_dir()),
+                     key=lambda p: p.stat().st_mtime, reverse=True)
+    too_old = time.time() - days * 86400
+    removed = [p for i, p in enumerate(entries) if i >= keep or p.stat().st_mtime < too_old]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
+
+
+def lab_processes(name: str) -> list[psutil.Process]:
+    """Processes working for lab ``name`` (its `vagrant up` and what that started), found by
+    the lab's state directory in their environment; never this process or its ancestors."""
+    directory = lab_dir(name)
+    marks = {str(directory), str(labs_dir() / name)}
+    spared = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid in spared:
+            continue
+        try:
+            env = proc.environ()
+        except (psutil.Error, OSError):
+            continue
+        values = (env.get("VAGRANT_DOTFILE_PATH", ""), env.get("GANETI_LAB_PLAN", ""))
+        if any(v == m or v.startswith(m + "/") for v in values for m in marks):
+            found.append(proc)
+    return found
+
+
+def stop_lab_processes(name: str, grace: float = 5.0) -> list[int]:
+    """End every process of the lab: a killed `ganeti-lab up` leaves its `vagrant up` running,
+    and that would go on defining domains after the lab was destroyed."""
+    procs = lab_processes(name)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    if procs:
+        log.warning("lab %s: stopped %d process(es) still working for it: %s", name,
+                    len(procs), ", ".join(str(p.pid) for p in procs))
+    return [p.pid for p in procs]
+
+
+class LabInUse(LabError):
+    """The lab belongs to a live process other than this one."""
+
+
+def check_not_in_use(name: str, force: bool = False) -> None:
+    lease = LeaseBook().get(name)
+    if lease is None or force or lease.owner_pid in (None, os.getpid()):
+        return
+    if lease.owner_alive():
+        raise LabInUse(f"lab {name} is in use by process {lease.owner_pid} "
+                       f"({_describe(lease.owner_pid)})",
+                       "wait for that run to end, or say --force to destroy it anyway")
+
+
+def _describe(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())[:120] or "?"
+    except psutil.Error:
+        return "gone"
+
+
+def destroy(name: str, *, force: bool = False) -> virt.LabObjects:
+    """Remove every libvirt object, the lease and the state of lab ``name`` (idempotent).
+
+    Refuses a lab whose owner process is alive (a running test session, `ganeti-lab up`)
+    unless ``force``; kept labs (no owner) and this process's own labs are destroyed.
+    """
+    validate_lab_name(name)
+    check_not_in_use(name, force)
+    stop_lab_processes(name)
+    removed = virt.remove(name)
+    # A libvirt call a killed client had already sent may still land: look until it is quiet.
+    for _ in range(5):
+        again = virt.find(name)
+        if again.empty():
+            break
+        time.sleep(1.0)
+        removed.merge(virt.remove(name))
     LeaseBook().release(name)
     shutil.rmtree(lab_dir(name), ignore_errors=True)
     return removed
 
 
+def _roll_back(name: str) -> None:
+    """Remove what a failed step made; a failure here is logged, never raised, so it cannot
+    hide the error that caused the roll-back."""
+    try:
+        destroy(name, force=True)
+    except BaseException as exc:  # the original error is what the user needs
+        log.error("lab %s: clean-up after the failure failed too: %s; run `ganeti-lab destroy "
+                  "--stale` to finish it", name, str(exc).splitlines()[0] if str(exc) else exc)
+
+
 def destroy_stale() -> dict[str, virt.LabObjects]:
-    """Labs whose owner process is gone, and libvirt objects that belong to no lease."""
+    """Labs whose owner process is gone, state directories without a lease, libvirt objects
+    that belong to no lease, and old failure logs.
+
+    Stale leases are taken over under the lease lock before anything is removed, and orphans
+    are judged and removed under it, so a lab leased at the same moment is never mistaken for
+    leftovers.
+    """
     book = LeaseBook()
     removed: dict[str, virt.LabObjects] = {}
-    for lease in book.stale():
+    for lease in book.claim_stale():
         removed[lease.lab] = destroy(lease.lab)
-    live = [object_prefix(name) for name in book.all()]
-    objects = virt.find()
-    orphans = {n for n in objects.domains + objects.networks
-               if not any(n.startswith(p) for p in live)}
-    orphans |= {v.split("/", 1)[1] for v in objects.volumes
-                if not any(v.split("/", 1)[1].startswith(p) for p in live)}
-    if orphans:
-        # Remove orphans one name at a time: a prefix may not identify a lab unambiguously.
-        for obj in sorted(orphans):
-            removed.setdefault("(orphans)", virt.LabObjects())
-            gone = virt.remove_exact(obj)
-            for kind in ("domains", "networks", "volumes"):
-                getattr(removed["(orphans)"], kind).extend(getattr(gone, kind))
+    with book.lock:
+        leased = set(book.all())
+        if labs_dir().is_dir():
+            for directory in sorted(labs_dir().iterdir()):
+                if directory.name not in leased and name_problem(directory.name) is None:
+                    stop_lab_processes(directory.name)
+                    removed[directory.name] = virt.remove(directory.name)
+                    shutil.rmtree(directory, ignore_errors=True)
+        objects = virt.find()
+        # A lab of another state directory on this host (another user's, a test's) is not an
+        # orphan: its domains log their consoles there.
+        mine = str(state_dir().resolve()) + "/"
+        elsewhere = {paths.owner_of(d) for d, console in
+                     virt.console_paths(objects.domains).items()
+                     if console and not str(Path(console).resolve()).startswith(mine)}
+        spared = leased | elsewhere
+        orphans = sorted({n for n in objects.domains + objects.networks
+                          if paths.owner_of(n) not in spared}
+                         | {v.split("/", 1)[1] for v in objects.volumes
+                            if paths.owner_of(v.split("/", 1)[1]) not in spared})
+        for obj in orphans:
+            removed.setdefault("(orphans)", virt.LabObjects()).merge(virt.remove_exact(obj))
+    for path in prune_failure_logs():
+        removed.setdefault("(old failure logs)", virt.LabObjects()).files.append(str(path))
     return removed
 
 

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,12 +22,14 @@ from typing import Any
 import pytest
 
 from lab import report
+from lab import secrets as lab_secrets
 from lab.errors import LabError
 from lab.ganeti.bootstrap import current_layout, ensure_layout, layout_snapshot
 from lab.ganeti.cluster import Cluster
 from lab.hostcheck import virtualization_problem
 from lab.images import ImageStore, build_images
 from lab.machines import Lab
+from lab.names import name_problem
 from lab.progress import Steps
 from lab.session import KEEP_POLICIES, LabSession
 from lab.snapshots import restore
@@ -57,6 +60,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--lab-topology", default=None,
                 help="topology TOML file or built-in profile (default: ./lab.toml)")
     g.addoption("--lab-name", default=None, help="lab name (default: the topology's)")
+    g.addoption("--lab-force", action="store_true",
+                help="take over or destroy a lab of that name even if a live process owns it")
     g.addoption("--lab-reuse", action="store_true",
                 help="reuse a running lab of that name (snapshot restore, no boot)")
     g.addoption("--lab-keep", choices=KEEP_POLICIES, default="never",
@@ -72,6 +77,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    name = config.getoption("--lab-name")
+    if name is not None and (problem := name_problem(name)):
+        raise pytest.UsageError(f"--lab-name: invalid lab name: {problem}")
+    if not hasattr(config, "workerinput"):
+        _sigterm_as_interrupt(config)
     config.addinivalue_line(
         "markers", "lab(layout=NAME): the test needs the lab's clusters in layout NAME "
                    "(e.g. one-cluster, two-clusters)")
@@ -95,6 +105,19 @@ def pytest_configure(config: pytest.Config) -> None:
     for name in LOGGERS:
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
+
+
+def _sigterm_as_interrupt(config: pytest.Config) -> None:
+    """SIGTERM (a CI time-out, `kill`) ends the session like Ctrl-C does: pytest then still
+    runs the session's teardown, which destroys (or keeps, per --lab-keep) the lab."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (pytest run in-process by a tool)
+        return
+    config.add_cleanup(lambda: signal.signal(signal.SIGTERM, previous))
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -127,8 +150,9 @@ class _TerminalLine(logging.Handler):
             # Output capture is active while tests run: step around it, as live logging does.
             suspended = (capture.global_and_fixture_disabled() if capture is not None
                          else contextlib.nullcontext())
+            line = lab_secrets.scrub(record.getMessage())  # a phase error may quote one
             with self._lock, suspended:  # phases also end in worker threads
-                reporter.write_line(f"[lab] {record.getMessage()}")
+                reporter.write_line(f"[lab] {line}")
         except Exception:
             self.handleError(record)
 
@@ -177,7 +201,7 @@ def lab(request: pytest.FixtureRequest, lab_host: ImageStore) -> Iterator[Lab]:
         name = f"{name or 'default'}-{state['worker']}"
     session = LabSession(config.getoption("--lab-topology"), name,
                          config.getoption("--lab-reuse"), config.getoption("--lab-keep"),
-                         state["timings"])
+                         state["timings"], force=config.getoption("--lab-force"))
     state["session"] = session
     try:
         lab = session.start()
@@ -311,7 +335,48 @@ def _lab_artifacts(request: pytest.FixtureRequest) -> Iterator[None]:
         collect(session.lab, root / safe, masters)
 
 
+# Secrets ---------------------------------------------------------------------------------------
+# Every report is scrubbed of the lab's secrets (lab.secrets) before any other plugin sees it:
+# the terminal, JUnit (which reads longrepr, captured output and properties from the reports)
+# and pytest-xdist's transport all get the scrubbed report.
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    lab_secrets.scrub_report(report)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collectreport(report: pytest.CollectReport) -> None:
+    lab_secrets.scrub_report(report)
+
+
+def pytest_plugin_registered(plugin: object, manager: pytest.PytestPluginManager) -> None:
+    """pytest's live log (log_cli) and --log-file write records straight to the terminal and
+    a file, past the reports: scrub them at the handler."""
+    if manager.get_name(plugin) != "logging-plugin":
+        return
+    for attr in ("log_cli_handler", "log_file_handler"):
+        handler = getattr(plugin, attr, None)
+        if isinstance(handler, logging.Handler):
+            handler.addFilter(lab_secrets.ScrubFilter())
+
+
+def _scrub_junit(config: pytest.Config) -> None:
+    """Last pass over the JUnit file, for what reaches it without a report
+    (record_testsuite_property, record_xml_attribute)."""
+    xmlpath = config.option.xmlpath
+    if not xmlpath or hasattr(config, "workerinput"):
+        return
+    path = Path(os.path.normpath(os.path.abspath(os.path.expanduser(os.path.expandvars(
+        xmlpath)))))  # as junitxml resolves it
+    if path.is_file():
+        lab_secrets.scrub_file(path)
+
+
+@pytest.hookimpl(trylast=True)  # after junitxml has written its file
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _scrub_junit(session.config)
     state = _state(session.config)
     timings: Timings = state["timings"]
     if not timings.phases:

@@ -45,6 +45,14 @@ class Unreachable(LabError):
     pass
 
 
+class HostKeyChanged(LabError):
+    """A machine's SSH host key is not the one the lab recorded for it."""
+
+
+class Cancelled(LabError):
+    """The run was interrupted while this machine was being waited on."""
+
+
 class _RememberNewHost(paramiko.MissingHostKeyPolicy):
     """Trust on first use, per lab: host keys are made on each machine's first boot, so the
     first contact records them in the lab's known_hosts; a changed key is then refused."""
@@ -61,9 +69,13 @@ class _RememberNewHost(paramiko.MissingHostKeyPolicy):
 
 class Machine:
     def __init__(self, name: str, host: str, key_file: Path, known_hosts: Path,
-                 user: str = "root", port: int = 22) -> None:
+                 user: str = "root", port: int = 22,
+                 cancel: threading.Event | None = None) -> None:
         self.name, self.host, self.user, self.port = name, host, user, port
         self.key_file, self.known_hosts = key_file, known_hosts
+        # Set when the run is interrupted: every wait here gives up within a second or two, so
+        # Ctrl-C ends the process promptly instead of when worker threads time out.
+        self.cancel = cancel or threading.Event()
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
 
@@ -88,8 +100,15 @@ class Machine:
                                key_filename=str(self.key_file), timeout=timeout,
                                banner_timeout=timeout, auth_timeout=timeout,
                                allow_agent=False, look_for_keys=False)
-            except paramiko.BadHostKeyException:
-                raise
+            except paramiko.BadHostKeyException as exc:
+                client.close()
+                raise HostKeyChanged(
+                    f"{self.name} ({self.host}) answered with a different host key than the lab "
+                    f"recorded (got {exc.key.get_name()} {exc.key.get_fingerprint().hex()}); "
+                    "refusing to connect",
+                    f"if {self.name} was re-imaged or rebuilt on purpose, restore a lab snapshot "
+                    f"or destroy and bring the lab up again; otherwise something else answers at "
+                    f"{self.host}: check `ganeti-lab status`") from None
             except (OSError, paramiko.SSHException, EOFError) as exc:
                 client.close()
                 raise Unreachable(
@@ -134,16 +153,21 @@ class Machine:
         started = time.monotonic()
         last: Exception | None = None
         while time.monotonic() - started < timeout:
+            self._check_cancelled("waiting for SSH")
             try:
                 self.close()
                 if self.run("true", timeout=20).ok:
                     return time.monotonic() - started
             except (Unreachable, paramiko.SSHException, OSError) as exc:
                 last = exc
-            time.sleep(1.0)
+            self.cancel.wait(1.0)
         raise Unreachable(f"{self.name} did not answer SSH within {timeout:.0f} s "
                           f"(last error: {last})",
                           f"read the console log of {self.name} (ganeti-lab status shows it)")
+
+    def _check_cancelled(self, doing: str) -> None:
+        if self.cancel.is_set():
+            raise Cancelled(f"{self.name}: interrupted while {doing}")
 
     # Commands -----------------------------------------------------------------------------
 
@@ -172,6 +196,9 @@ class Machine:
                 if time.monotonic() > deadline:
                     chan.close()
                     return self._result(command, None, out, err, started)
+                if self.cancel.is_set():
+                    chan.close()
+                    self._check_cancelled(f"running `{command}`")
                 with contextlib.suppress(socket.timeout, TimeoutError):
                     chunk = chan.recv(65536)
                     out += chunk
@@ -213,6 +240,7 @@ class Machine:
         deadline = time.monotonic() + timeout
         delay = 0.2
         while True:
+            self._check_cancelled(f"waiting for `{command}`")
             try:
                 result = self.run(command, timeout=max(5.0, deadline - time.monotonic()))
             except Unreachable as exc:
@@ -223,7 +251,7 @@ class Machine:
                 raise CommandFailed(
                     self.name, f"{command} (waited {timeout:.0f} s)", result.exit_status,
                     "last attempt printed:\n" + tail(result.stdout + "\n" + result.stderr))
-            time.sleep(min(delay, interval))
+            self.cancel.wait(min(delay, interval))
             delay *= 2
 
     # Files --------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ no JavaScript, no external resources, only relative links to its own PNGs.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ from typing import Any
 
 import jinja2
 
+from lab import secrets as lab_secrets
 from lab.errors import LabError
 from lab.timings import FILENAME, Timings, TimingsError
 
@@ -186,6 +188,9 @@ def _load_run(file: Path) -> _Run:
         doc = Timings.load(file)
     except TimingsError as exc:
         raise ReportError(f"malformed or missing timings file: {exc}") from exc
+    # Runs of the history may predate scrubbing: the plots (images, which cannot be scrubbed
+    # afterwards) and the HTML are drawn from scrubbed figures only.
+    doc = json.loads(lab_secrets.scrub(json.dumps(doc, default=str)))
     try:
         phases = [_parse_phase(raw, i) for i, raw in enumerate(doc["phases"])]
         if doc.get("started") is not None:
@@ -757,5 +762,5 @@ def render(run_dirs: list[Path], out: Path | None = None) -> Path:
         generated=_fmt_time(datetime.now(UTC)),
         source=", ".join(str(r.file) for r in runs) if len(runs) <= 3 else f"{len(runs)} runs",
     )
-    out.write_text(html, encoding="utf-8")
+    out.write_text(lab_secrets.scrub(html), encoding="utf-8")
     return out

@@ -12,8 +12,10 @@ from lab.errors import LabError
 from lab.images import ImageStore, build_images
 from lab.images.recipe import ROLES, recipes
 from lab.leases import LeaseBook
-from lab.machines import Lab, destroy
+from lab.machines import Lab, check_not_in_use, destroy
+from lab.names import validate_lab_name
 from lab.progress import Steps
+from lab.secrets import register_lab_secrets
 from lab.timings import Timings, maybe_phase
 
 log = logging.getLogger("lab.session")
@@ -27,32 +29,39 @@ class LabSession:
     reuse: bool
     keep: str
     timings: Timings | None = None
+    force: bool = False  # take over or destroy a lab whose owner process is alive
     lab: Lab | None = None
     reused: bool = False
 
     def start(self) -> Lab:
-        topo = topology.load(self.topology)
-        name = self.name or topo.name
-        if self.reuse and LeaseBook().get(name) is not None:
+        others = topology.memory_in_use_mib(exclude={self.name} if self.name else ())
+        topo = topology.load(self.topology, running_mib=others)
+        name = validate_lab_name(self.name or topo.name)
+        lease = LeaseBook().get(name)
+        if self.reuse and lease is not None:
+            check_not_in_use(name, self.force)
             lab = Lab.attach(name)
             states = virt.domain_states(lab.plan)
             if any(s != "running" for s in states.values()):
                 raise LabError(f"lab {name} cannot be reused: machines are {states}",
                                f"destroy it (`ganeti-lab destroy {name}`) or drop --lab-reuse")
             LeaseBook().set_owner(name, os.getpid())
+            register_lab_secrets(lab.dir)
             log.info("reusing lab %s (%s)", name, lab.accelerator)
             self.lab, self.reused = lab, True
             return lab
-        if LeaseBook().get(name) is not None:
+        if lease is not None:
+            check_not_in_use(name, self.force)
             log.warning("lab %s already exists; destroying it for a fresh start "
                         "(--lab-reuse would have reused it)", name)
-            destroy(name)
+            destroy(name, force=self.force)
         store = ImageStore()
         keys = {role: recipes()[role].key() for role in ROLES}
         if any(not store.has(r, keys[r]) for r in ROLES):
             with maybe_phase(self.timings, "images"):
                 build_images(store, steps=Steps("images", self.timings))
         lab = Lab.prepare(topo, name, store)
+        register_lab_secrets(lab.dir)
         self.lab = lab
         log.info("lab %s: accelerator %s", name, lab.accelerator)
         with maybe_phase(self.timings, f"lab up ({len(lab.plan.machines)} machines)"):
@@ -72,7 +81,7 @@ class LabSession:
             return None
         with maybe_phase(self.timings, "lab destroy"):
             removed = self.lab.destroy()
-        left = virt.find(f"glab-{self.lab.name}-")
+        left = virt.find(self.lab.name)
         if not left.empty():
             raise LabError(f"destroying lab {self.lab.name} left objects behind: {left}",
                            f"ganeti-lab destroy {self.lab.name}")

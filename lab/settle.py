@@ -72,11 +72,12 @@ def _hypervisor(lab: Lab, m: Machine, known: str, node_key: str, node_pub: str,
               f"echo {shlex.quote(node_pub)} >> /root/.ssh/authorized_keys")
     # The volume group lives on this machine's own second disk, never in the image.
     for vg in sorted(vgs):
-        m.succeed(f"vgs {vg} >/dev/null 2>&1 || {{ pvcreate -ff -y /dev/vdb && "
-                  f"vgcreate {vg} /dev/vdb; }}")
+        q = shlex.quote(vg)
+        m.succeed(f"vgs {q} >/dev/null 2>&1 || {{ pvcreate -ff -y /dev/vdb && "
+                  f"vgcreate {q} /dev/vdb; }}")
     service = lab.plan.service.fqdn
-    m.succeed(f"grep -q {SHARED_MOUNT} /etc/fstab || echo '{service}:{SHARED_EXPORT} "
-              f"{SHARED_MOUNT} nfs defaults,_netdev 0 0' >> /etc/fstab")
+    fstab = f"{service}:{SHARED_EXPORT} {SHARED_MOUNT} nfs defaults,_netdev 0 0"
+    m.succeed(f"grep -q {SHARED_MOUNT} /etc/fstab || echo {shlex.quote(fstab)} >> /etc/fstab")
     m.wait_until_succeeds(f"mountpoint -q {SHARED_MOUNT} || mount {SHARED_MOUNT}", timeout=120)
     m.write_file("/etc/apt/sources.list.d/lab-repo.list",
                  f"deb [trusted=yes] http://{service}/ ./\n")

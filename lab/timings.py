@@ -33,6 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from lab import secrets as lab_secrets
 from lab.errors import LabError
 
 __all__ = [
@@ -86,11 +87,22 @@ def _short(text: str) -> str:
     return text if len(text) <= _MAX_STR else text[: _MAX_STR - 1] + "…"
 
 
+# A failure's first line is what a reader of the record needs whole; only runaway lines are cut.
+_MAX_ERROR = 2000
+
+
 def _error_text(exc: BaseException) -> str:
-    """One short line describing an exception, e.g. ``RuntimeError: boom``."""
+    """The exception's whole first line, e.g. ``CommandFailed: node1: `x` exited 2``, with the
+    exit status of a failed command when it carries one."""
     msg = str(exc).strip().splitlines()
     name = type(exc).__name__
-    return _short(f"{name}: {msg[0]}" if msg else name)
+    text = f"{name}: {msg[0]}" if msg else name
+    if hasattr(exc, "returncode"):
+        code = exc.returncode
+        status = "timed out" if code is None else f"exit status {code}"
+        if "exited" not in text and "timed out" not in text:
+            text += f" [{status}]"
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 1] + "…"
 
 
 def _check_metric(key: str, value: Any) -> Metric:
@@ -261,7 +273,7 @@ class Timings:
         if start_dt.tzinfo is None:  # naive datetimes are taken as UTC
             start_dt = start_dt.replace(tzinfo=UTC)
         checked = {k: _check_metric(k, v) for k, v in metrics.items()}
-        err = _short(error) if error else None
+        err = error.strip()[:_MAX_ERROR] if error else None
         self._append(name, self._parent_name(parent), start_dt, seconds, outcome, err, checked)
         self._log_end(name, seconds, outcome, err)
 
@@ -311,14 +323,16 @@ class Timings:
     def write(self) -> Path:
         """Write ``run_dir/timings.json`` atomically; safe to call repeatedly."""
         doc = self.to_dict()
+        # Phase names, errors and metrics come from test code and exception messages: scrub
+        # the lab's secrets from the text itself, so no escaping or nesting can hide one.
+        text = lab_secrets.scrub(json.dumps(doc, indent=2, default=str)) + "\n"
         self.run_dir.mkdir(parents=True, exist_ok=True)
         # Temp file in the same directory so os.replace is an atomic rename:
         # a reader (or a crash) never sees a half-written file.
         fd, tmp = tempfile.mkstemp(prefix=".timings-", suffix=".tmp", dir=self.run_dir)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, indent=2, default=str)
-                fh.write("\n")
+                fh.write(text)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, self.path)

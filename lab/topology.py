@@ -8,24 +8,37 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import json
 import re
 import tomllib
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
+from lab.names import name_problem
+from lab.paths import state_dir
 
 ROLES = ("service", "hypervisor")
 NETWORK_ROLES = ("management", "cluster")
-NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+# A DNS label of at most 31 characters, no '-' at the end and no "--" anywhere: libvirt objects
+# are named glab-<lab>--<machine>, so "--" must never occur inside a name. \A..\Z (not ^..$)
+# because `$` also matches before a trailing newline.
+# LVM's own rule, minus a leading '-' (it would be read as an option); the name reaches a shell.
+VG_NAME_RE = re.compile(r"\A[A-Za-z][A-Za-z0-9_+.-]{0,126}\Z")
 MIN_MEMORY_MIB = {"service": 256, "hypervisor": 512}
 # Ganeti's `gnt-cluster init --vg-name` wants a volume group of at least 20 GiB.
 MIN_VG_DISK_GIB = 20
 HOST_MEMORY_RESERVE_MIB = 1024
 DISK_TEMPLATES = ("plain", "sharedfile", "file", "diskless", "drbd")
+# Disk templates whose volumes live in the LVM volume group on each node's first extra disk.
+VG_TEMPLATES = ("plain", "drbd")
 HYPERVISORS = ("fake", "kvm")
+MAX_CPUS = 16
+MAX_MEMORY_MIB = 262144
+MAX_DISK_GIB = 4096
 
 MACHINE_DEFAULTS: dict[str, dict[str, Any]] = {
     "service": {"cpus": 1, "memory": 768, "disks": []},
@@ -89,6 +102,7 @@ class Topology:
     networks: tuple[Network, ...]
     layouts: dict[str, tuple[ClusterSpec, ...]] = field(hash=False)
     default_layout: str
+    description: str = ""
 
     def machine(self, name: str) -> Machine:
         for m in self.machines:
@@ -120,6 +134,22 @@ class Topology:
         return sum(m.memory_mib for m in self.machines)
 
 
+# Names ---------------------------------------------------------------------------------------
+
+
+def _reserved_name(name: str) -> str | None:
+    """Why a machine or cluster may not take ``name``: the lab's DNS already gives it out."""
+    from lab import spec  # spec imports this module; a top-level import would be circular
+
+    if name == "localhost":
+        return "'localhost' is reserved (the loopback address); choose another name"
+    number = re.fullmatch(r"inst([1-9][0-9]*)", name)
+    if number and int(number.group(1)) <= spec.INSTANCE_NAMES:
+        return (f"{name!r} is reserved: the lab's DNS gives inst1..inst{spec.INSTANCE_NAMES} "
+                "to Ganeti instances; choose another name")
+    return None
+
+
 # Built-in profiles ---------------------------------------------------------------------------
 
 
@@ -139,16 +169,50 @@ def resolve(spec: str | Path | None) -> Path:
         return path
     if str(spec) in profiles():
         return profiles()[str(spec)]
+    if path.is_dir():
+        raise LabError(f"topology {spec} is a directory, not a TOML file",
+                       f"give the file itself, e.g. {path / 'lab.toml'}")
+    if path.exists():
+        raise LabError(f"topology {spec} is not a regular file", "give a TOML file")
     raise LabError(f"topology {spec} not found",
                    f"give a TOML file or a built-in profile: {', '.join(profiles())}")
 
 
-def load(spec: str | Path | None = None, host_memory_mib: int | None = None) -> Topology:
+def load(
+    spec: str | Path | None = None,
+    host_memory_mib: int | None = None,
+    running_mib: int | None = None,
+) -> Topology:
     path = resolve(spec)
-    return parse(path.read_text(), str(path), host_memory_mib)
+    return parse(read_text(path), str(path), host_memory_mib, running_mib)
 
 
-# Parsing and validation ----------------------------------------------------------------------
+def read_text(path: Path) -> str:
+    """The text of a topology file; an unreadable or binary file is a LabError, not a trace."""
+    try:
+        data = path.read_bytes()
+    except IsADirectoryError:
+        raise LabError(f"topology {path} is a directory, not a TOML file",
+                       f"give the file itself, e.g. {path / 'lab.toml'}") from None
+    except OSError as exc:
+        raise LabError(f"cannot read topology {path}: {exc.strerror or exc}",
+                       "check the path and its permissions") from None
+    if b"\0" in data:
+        # NUL is valid UTF-8 but never part of a text file: this is an image, archive, ...
+        offset = data.index(b"\0")
+        raise TopologyError(str(path), [f"not UTF-8 text: binary data (a NUL byte at offset "
+                                        f"{offset}); give a TOML text file"])
+    try:
+        # utf-8-sig: a byte order mark written by some editors is not a fault of the file.
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise TopologyError(str(path), [
+            f"not UTF-8 text: byte 0x{data[exc.start]:02x} at line {line} (offset {exc.start}) "
+            "cannot be decoded; save the file as UTF-8"]) from None
+
+
+# The host ------------------------------------------------------------------------------------
 
 
 def host_memory() -> int:
@@ -159,29 +223,101 @@ def host_memory() -> int:
     return 0
 
 
+def _lab_plans() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(lab name, plan) of every lab planned on this host; unreadable plans are skipped, since
+    a half-written or corrupt file of another lab must not make this topology invalid."""
+    try:
+        files = sorted((state_dir() / "labs").glob("*/lab.json"))
+    except OSError:
+        return
+    for path in files:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            yield path.parent.name, data
+
+
+def memory_in_use_mib(exclude: Collection[str] = ()) -> int:
+    """Memory (MiB) the machines of the labs on this host were given, except labs ``exclude``
+    (e.g. the lab being re-attached, whose machines are already counted by its topology)."""
+    total = 0
+    for name, data in _lab_plans():
+        machines = data.get("machines")
+        if name in exclude or not isinstance(machines, list):
+            continue
+        for m in machines:
+            mib = m.get("memory_mib") if isinstance(m, dict) else None
+            if isinstance(mib, int) and not isinstance(mib, bool) and mib > 0:
+                total += mib
+    return total
+
+
+def _routed_elsewhere() -> list[ipaddress.IPv4Network]:
+    """Subnets this host routes that no lab of ours owns (a LAN, a VPN, docker, ...)."""
+    from lab import leases  # lazily: only files with explicit subnets need the routes
+
+    routes = leases._routes()
+    if not routes:
+        return []
+    # A lab's own networks are routes too; whether another lab holds a subnet is the lease
+    # book's business at `up` (it names that lab). Excluding them keeps a running lab's own
+    # topology valid.
+    ours: list[ipaddress.IPv4Network] = []
+    for _, data in _lab_plans():
+        for key in ("mgmt_subnet", "lab_subnet"):
+            try:
+                ours.append(ipaddress.IPv4Network(str(data.get(key))))
+            except ValueError:
+                continue
+    return [r for r in routes if not any(r.subnet_of(o) for o in ours)]
+
+
+# Parsing and validation ----------------------------------------------------------------------
+
+
+def _k(key: str) -> str:
+    """``key`` as TOML writes it in a dotted key: bare, or quoted when it has other characters
+    (so a location stays on one line and says exactly what to look for in the file)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
+
+
 class _Checker:
     def __init__(self) -> None:
         self.problems: list[str] = []
+        # Machines with a reported fault: checks that build on them (cluster membership, the
+        # volume group disk) stay quiet, so the user sees the one real fault.
+        self.faulty: set[str] = set()
 
     def add(self, where: str, message: str) -> None:
         self.problems.append(f"{where}: {message}")
 
     def keys(self, where: str, table: Any, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(table, dict):
-            self.add(where, f"must be a table, not {type(table).__name__}")
+            self.add(where, f"must be a table (a [{where}] section), "
+                            f"not {type(table).__name__}")
             return {}
         for key in table:
             if key not in allowed:
                 close = difflib.get_close_matches(key, sorted(allowed), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.add(f"{where}.{key}" if where else key,
+                self.add(f"{where}.{_k(key)}" if where else _k(key),
                          f"unknown key{hint}; allowed: {', '.join(sorted(allowed))}")
         return table
 
-    def name(self, where: str, name: str) -> None:
-        if not NAME_RE.match(name):
-            self.add(where, f"name {name!r} must be a DNS label: lowercase letter first, then "
-                            "lowercase letters, digits or '-', at most 31 characters")
+    def name(self, where: str, name: str, dns: bool = False) -> bool:
+        """Check a name; ``dns``: it becomes a host name in the lab (machines, clusters)."""
+        problem = name_problem(name) or (_reserved_name(name) if dns else None)
+        if problem:
+            self.add(where, problem)
+        return problem is None
+
+    def string(self, where: str, value: Any, example: str) -> str | None:
+        if isinstance(value, str):
+            return value
+        self.add(where, f"must be a string, e.g. {example}, not {value!r}")
+        return None
 
     def integer(self, where: str, value: Any, low: int, high: int) -> int | None:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -192,8 +328,47 @@ class _Checker:
             return None
         return value
 
+    def choices(self, where: str, value: Any, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
+        """A non-empty list of distinct strings out of ``allowed``, or None (reported)."""
+        example = ", ".join(f'"{a}"' for a in allowed[:2])
+        if not isinstance(value, list):
+            self.add(where, f"must be a list, e.g. [{example}], not {value!r}")
+            return None
+        if not value:
+            self.add(where, f"must not be empty; choose from {', '.join(allowed)}")
+            return None
+        wrong = [v for v in value if not isinstance(v, str)]
+        if wrong:
+            self.add(where, f"must be a list of strings, e.g. [{example}], not {wrong[0]!r}")
+            return None
+        unknown = [v for v in value if v not in allowed]
+        if unknown:
+            self.add(where, f"unknown: {', '.join(map(repr, unknown))}; "
+                            f"choose from {', '.join(allowed)}")
+            return None
+        twice = sorted({v for v in value if value.count(v) > 1})
+        if twice:
+            self.add(where, f"lists {', '.join(map(repr, twice))} more than once")
+            return None
+        return tuple(value)
 
-def parse(text: str, source: str = "<string>", host_memory_mib: int | None = None) -> Topology:
+
+def _address_plan() -> tuple[int, int]:
+    """How many machines and clusters fit lab.spec's fixed address plan of a /24."""
+    from lab import spec  # spec imports this module; a top-level import would be circular
+
+    return (spec.FIRST_CLUSTER_HOST - spec.FIRST_MACHINE_HOST,
+            spec.FIRST_INSTANCE_HOST - spec.FIRST_CLUSTER_HOST)
+
+
+def parse(
+    text: str,
+    source: str = "<string>",
+    host_memory_mib: int | None = None,
+    running_mib: int | None = None,
+) -> Topology:
+    """Validate a topology; ``running_mib``: memory already given to labs running on the host
+    (``memory_in_use_mib()``), which this lab cannot have."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -203,142 +378,223 @@ def parse(text: str, source: str = "<string>", host_memory_mib: int | None = Non
 
     lab = c.keys("lab", data.get("lab", {}), KEYS["lab"])
     lab_name = lab.get("name", "default")
-    if isinstance(lab_name, str):
+    if c.string("lab.name", lab_name, '"mylab"') is not None:
         c.name("lab.name", lab_name)
-    else:
-        c.add("lab.name", "must be a string")
+    description = lab.get("description", "")
+    c.string("lab.description", description, '"two racks of two"')
 
     networks = _networks(c, data.get("networks"))
     defaults = _defaults(c, data.get("defaults", {}))
     machines = _machines(c, data.get("machines"), defaults)
-    layouts = _layouts(c, data.get("layouts"), {m.name: m for m in machines})
+    # Without a machines table every node would be "not a machine": say it once, not per node.
+    table = data.get("machines")
+    known = {m.name: m for m in machines} if isinstance(table, dict) and table else None
+    layouts = _layouts(c, data.get("layouts"), known)
 
     default_layout = lab.get("default_layout", next(iter(layouts), ""))
-    if layouts and default_layout not in layouts:
+    if c.string("lab.default_layout", default_layout, '"one-cluster"') is None:
+        default_layout = ""
+    elif layouts and default_layout not in layouts:
         c.add("lab.default_layout",
               f"{default_layout!r} is not a layout; choose one of: {', '.join(layouts)}")
 
     names = [m.name for m in machines]
     for name in {n for n in names if names.count(n) > 1}:
-        c.add(f"machines.{name}", "duplicate machine name")
-    clusters = [cl.name for cl in _all_clusters(layouts)]
-    for clash in sorted(set(names) & set(clusters)):
-        c.add(f"layouts.*.{clash}", "a cluster cannot have the name of a machine (DNS clash)")
+        c.add(f"machines.{_k(name)}", "duplicate machine name")
+    for layout, clusters in layouts.items():
+        for cl in clusters:
+            if cl.name in names:
+                c.add(f"layouts.{_k(layout)}.{_k(cl.name)}",
+                      "a cluster cannot have the name of a machine (DNS clash); rename it")
 
     limit = (host_memory_mib if host_memory_mib is not None else host_memory())
+    running = running_mib or 0
     total = sum(m.memory_mib for m in machines)
-    if machines and limit and total > limit - HOST_MEMORY_RESERVE_MIB:
+    if machines and limit and total > limit - HOST_MEMORY_RESERVE_MIB - running:
+        used = f", {running} MiB used by labs already running" if running else ""
+        fix = ("lower `memory`, use fewer machines or destroy labs you no longer need"
+               if running else "lower `memory` or use fewer machines")
         c.add("machines", f"the machines need {total} MiB of memory but this host has "
-                          f"{limit} MiB ({HOST_MEMORY_RESERVE_MIB} MiB kept for the host); "
-                          "lower `memory` or use fewer machines")
+                          f"{limit} MiB ({HOST_MEMORY_RESERVE_MIB} MiB kept for the host{used}); "
+                          f"{fix}")
 
     if c.problems:
         raise TopologyError(source, list(dict.fromkeys(c.problems)))
     return Topology(
         name=lab_name, source=source, machines=tuple(machines), networks=tuple(networks),
-        layouts=layouts, default_layout=default_layout,
+        layouts=layouts, default_layout=default_layout, description=description,
     )
+
+
+def _subnet_problem(subnet: ipaddress.IPv4Network) -> str | None:
+    private = "use a private range (inside 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16) or \"auto\""
+    if subnet.is_loopback:
+        return f"{subnet} is the loopback range; {private}"
+    if subnet.is_link_local:
+        return f"{subnet} is the link-local range; {private}"
+    if (not subnet.is_private or subnet.is_multicast or subnet.is_reserved
+            or subnet.is_unspecified or subnet.subnet_of(ipaddress.IPv4Network("0.0.0.0/8"))):
+        return f"{subnet} is not a private range; {private}"
+    if subnet.prefixlen > 24:
+        return f"{subnet} is too small; the lab needs a /24 or larger"
+    return None
 
 
 def _networks(c: _Checker, table: Any) -> list[Network]:
     if table is None:
         c.add("networks", "missing; define one `management` and one `cluster` network")
         return []
-    table = c.keys("networks", table, set(table) if isinstance(table, dict) else set())
+    if not isinstance(table, dict):
+        c.add("networks", f"must be a table of networks, e.g. [networks.mgmt], not {table!r}")
+        return []
     result: list[Network] = []
+    # A network whose role is unknown cannot be counted; the role count would only echo it.
+    uncounted = False
     for name, spec in table.items():
-        where = f"networks.{name}"
+        where = f"networks.{_k(name)}"
         c.name(where, name)
-        spec = c.keys(where, spec, KEYS["network"])
+        if not isinstance(spec, dict):
+            c.add(where, f"must be a table with `role` and `subnet`, not {spec!r}")
+            uncounted = True
+            continue
+        c.keys(where, spec, KEYS["network"])
         role = spec.get("role")
         if role not in NETWORK_ROLES:
             c.add(f"{where}.role", f"{role!r} is not one of: {', '.join(NETWORK_ROLES)}")
+            uncounted = True
             continue
         subnet_text = spec.get("subnet", "auto")
         subnet = None
-        if subnet_text != "auto":
+        if c.string(f"{where}.subnet", subnet_text, '"10.201.3.0/24" or "auto"') is None:
+            pass  # keep the network so its role is counted: one fault, one message
+        elif subnet_text != "auto":
             try:
-                subnet = ipaddress.IPv4Network(str(subnet_text))
+                subnet = ipaddress.IPv4Network(subnet_text)
             except ValueError as exc:
                 c.add(f"{where}.subnet", f"{subnet_text!r} is not an IPv4 subnet ({exc}); "
                                          "write e.g. \"10.201.3.0/24\" or \"auto\"")
-                # keep the network so its role is counted: one fault, one message
+            if subnet is not None and (problem := _subnet_problem(subnet)):
+                c.add(f"{where}.subnet", problem)
                 subnet = None
-            if subnet is not None and subnet.prefixlen > 24:
-                c.add(f"{where}.subnet", f"{subnet} is too small; the lab needs a /24 or larger")
         result.append(Network(name, role, subnet))
-    for role in NETWORK_ROLES:
-        count = sum(n.role == role for n in result)
-        if count != 1:
-            c.add("networks", f"needs exactly one network with role {role!r}, found {count}")
+    if not uncounted:
+        for role in NETWORK_ROLES:
+            count = sum(n.role == role for n in result)
+            if count != 1:
+                c.add("networks", f"needs exactly one network with role {role!r}, found {count}")
     explicit = [n for n in result if n.subnet is not None]
     for i, a in enumerate(explicit):
         for b in explicit[i + 1:]:
             if a.subnet and b.subnet and a.subnet.overlaps(b.subnet):
-                c.add(f"networks.{b.name}.subnet",
-                      f"{b.subnet} overlaps networks.{a.name} ({a.subnet})")
+                c.add(f"networks.{_k(b.name)}.subnet",
+                      f"{b.subnet} overlaps networks.{_k(a.name)} ({a.subnet})")
+    routes = _routed_elsewhere() if explicit else []
+    for n in explicit:
+        clash = [str(r) for r in routes if n.subnet and r.overlaps(n.subnet)]
+        if clash:
+            c.add(f"networks.{_k(n.name)}.subnet",
+                  f"{n.subnet} overlaps {', '.join(clash)}, which this host already routes; "
+                  "pick a free private subnet or \"auto\"")
     return result
+
+
+def _machine_value(c: _Checker, where: str, key: str, value: Any, role: str) -> Any:
+    """A checked machine setting (cpus, memory, disks), or None when it was reported."""
+    if key == "cpus":
+        return c.integer(where, value, 1, MAX_CPUS)
+    if key == "memory":
+        return c.integer(where, value, MIN_MEMORY_MIB.get(role, 256), MAX_MEMORY_MIB)
+    if not isinstance(value, list):
+        c.add(where, f"must be a list of sizes in GiB, e.g. [24], not {value!r}")
+        return None
+    sizes = [c.integer(f"{where}[{i}]", d, 1, MAX_DISK_GIB) for i, d in enumerate(value)]
+    return None if None in sizes else sizes
 
 
 def _defaults(c: _Checker, table: Any) -> dict[str, dict[str, Any]]:
     table = c.keys("defaults", table, KEYS["defaults"])
     merged = {role: dict(values) for role, values in MACHINE_DEFAULTS.items()}
     for role, values in table.items():
-        if role in merged:
-            merged[role].update(c.keys(f"defaults.{role}", values, KEYS["defaults.role"]))
+        if role not in merged:
+            continue  # reported as an unknown key
+        where = f"defaults.{role}"
+        for key, value in c.keys(where, values, KEYS["defaults.role"]).items():
+            # Checked here, where the fault is: a bad default is reported once, not once per
+            # machine, and the machines fall back to the built-in value.
+            if key in KEYS["defaults.role"] and _machine_value(
+                    c, f"{where}.{key}", key, value, role) is not None:
+                merged[role][key] = value
     return merged
 
 
 def _machines(c: _Checker, table: Any, defaults: dict[str, dict[str, Any]]) -> list[Machine]:
-    if not table:
+    if table is None or table == {}:
         c.add("machines", "missing or empty; a lab needs one service machine and hypervisors")
         return []
     if not isinstance(table, dict):
-        c.add("machines", "must be a table of machines")
+        c.add("machines", f"must be a table of machines, e.g. [machines.node1], not {table!r}")
         return []
+    most, _ = _address_plan()
+    if len(table) > most:
+        c.add("machines", f"{len(table)} machines do not fit the lab's address plan (at most "
+                          f"{most}: one host address each, below the cluster addresses); "
+                          "use fewer machines")
     result = []
     for index, (name, spec) in enumerate(table.items()):
-        where = f"machines.{name}"
-        c.name(where, name)
-        spec = c.keys(where, spec, KEYS["machine"])
-        role = spec.get("role")
-        if role not in ROLES:
-            c.add(f"{where}.role", f"{role!r} is not one of: {', '.join(ROLES)}")
+        where = f"machines.{_k(name)}"
+        before = len(c.problems)
+        c.name(where, name, dns=True)
+        if not isinstance(spec, dict):
+            c.add(where, f"must be a table with `role` (and cpus, memory, disks), not {spec!r}")
+            spec = {}
             role = "unknown"
+        else:
+            c.keys(where, spec, KEYS["machine"])
+            role = spec.get("role")
+            if role not in ROLES:
+                c.add(f"{where}.role", f"{role!r} is not one of: {', '.join(ROLES)}")
+                role = "unknown"
         values = {**defaults.get(role, MACHINE_DEFAULTS["hypervisor"]), **spec}
-        cpus = c.integer(f"{where}.cpus", values["cpus"], 1, 16)
-        memory = c.integer(f"{where}.memory", values["memory"], MIN_MEMORY_MIB.get(role, 256),
-                           262144)
-        disks = values["disks"]
-        if not isinstance(disks, list):
-            c.add(f"{where}.disks", f"must be a list of sizes in GiB, not {disks!r}")
-            disks = []
-        sizes = [c.integer(f"{where}.disks[{i}]", d, 1, 4096) for i, d in enumerate(disks)]
+        checked = {key: _machine_value(c, f"{where}.{key}", key, values[key], role)
+                   for key in ("cpus", "memory", "disks")}
+        if len(c.problems) > before:
+            c.faulty.add(name)
         # A machine with a bad value is kept (with placeholders) so that references to it
         # do not produce follow-on errors: the user sees the one real fault.
-        result.append(Machine(name, role, cpus or 1, memory or MIN_MEMORY_MIB.get(role, 512),
-                              tuple(s for s in sizes if s), index))
+        result.append(Machine(name, role, checked["cpus"] or 1,
+                              checked["memory"] or MIN_MEMORY_MIB.get(role, 512),
+                              tuple(checked["disks"] or ()), index))
     services = [m.name for m in result if m.role == "service"]
-    if result and len(services) != 1:
+    # A machine of unknown role may be the service meant: its role is reported already.
+    if result and len(services) != 1 and all(m.role in ROLES for m in result):
         c.add("machines", f"needs exactly one machine with role 'service', found "
                           f"{len(services)} ({', '.join(services) or 'none'})")
     return result
 
 
 def _layouts(
-    c: _Checker, table: Any, machines: dict[str, Machine]
+    c: _Checker, table: Any, machines: dict[str, Machine] | None
 ) -> dict[str, tuple[ClusterSpec, ...]]:
-    if not table:
+    """The layouts; ``machines`` is None when the machines table itself is unusable."""
+    if table is None or table == {}:
         c.add("layouts", "missing or empty; define at least one layout of Ganeti clusters")
         return {}
     if not isinstance(table, dict):
-        c.add("layouts", "must be a table of layouts")
+        c.add("layouts", f"must be a table of layouts, e.g. [layouts.main.cluster1], "
+                         f"not {table!r}")
         return {}
+    _, most = _address_plan()
+    count = sum(len(cl) for cl in table.values() if isinstance(cl, dict))
+    if count > most:
+        c.add("layouts", f"{count} clusters in all layouts do not fit the lab's address plan "
+                         f"(at most {most}: one cluster address each, below the instance "
+                         "addresses); use fewer clusters")
     result: dict[str, tuple[ClusterSpec, ...]] = {}
     seen_clusters: dict[str, str] = {}
+    first_vg: tuple[str, str] | None = None  # (vg_name, where it was set)
     index = 0
     for layout, clusters in table.items():
-        where = f"layouts.{layout}"
+        where = f"layouts.{_k(layout)}"
         c.name(where, layout)
         if not isinstance(clusters, dict) or not clusters:
             c.add(where, "must hold at least one cluster table, e.g. [layouts.X.cluster1]")
@@ -346,50 +602,108 @@ def _layouts(
         specs = []
         used: dict[str, str] = {}
         for cname, spec in clusters.items():
-            cwhere = f"{where}.{cname}"
-            c.name(cwhere, cname)
-            spec = c.keys(cwhere, spec, KEYS["cluster"])
+            cwhere = f"{where}.{_k(cname)}"
+            c.name(cwhere, cname, dns=True)
+            if not isinstance(spec, dict):
+                c.add(cwhere, f"must be a cluster table, e.g. [{cwhere}] with "
+                              f"nodes = [\"node1\"], not {spec!r}")
+                continue
+            c.keys(cwhere, spec, KEYS["cluster"])
             if cname in seen_clusters and seen_clusters[cname] != layout:
-                c.add(cwhere, f"duplicate cluster name (also in layouts.{seen_clusters[cname]}); "
+                c.add(cwhere, f"duplicate cluster name (also in layouts."
+                              f"{_k(seen_clusters[cname])}); "
                               "cluster names are DNS names and must be unique")
             seen_clusters.setdefault(cname, layout)
-            nodes = spec.get("nodes", [])
-            if not isinstance(nodes, list) or not nodes:
-                c.add(f"{cwhere}.nodes", "a cluster needs at least one node")
+            nodes = _nodes(c, f"{cwhere}.nodes", spec.get("nodes", []), machines, used, cname)
+            if nodes is None:
                 continue
-            for node in nodes:
-                if node not in machines:
-                    c.add(f"{cwhere}.nodes", f"{node!r} is not a machine of this topology")
-                elif machines[node].role != "hypervisor":
-                    c.add(f"{cwhere}.nodes", f"{node!r} is a {machines[node].role}, "
-                                             "not a hypervisor")
-                elif node in used:
-                    c.add(f"{cwhere}.nodes", f"{node!r} is already a node of cluster {used[node]}")
-                else:
-                    used[node] = cname
-            templates = tuple(spec.get("disk_templates", ClusterSpec.disk_templates))
-            bad = [t for t in templates if t not in DISK_TEMPLATES]
-            if bad:
-                c.add(f"{cwhere}.disk_templates", f"unknown: {', '.join(map(str, bad))}")
-            hvs = tuple(spec.get("hypervisors", ClusterSpec.hypervisors))
-            if [h for h in hvs if h not in HYPERVISORS]:
-                c.add(f"{cwhere}.hypervisors", f"choose from {', '.join(HYPERVISORS)}")
-            if "plain" in templates:
-                for node in nodes:
-                    m = machines.get(node)
-                    if m and m.role == "hypervisor" and (
-                        not m.disks_gib or m.disks_gib[0] < MIN_VG_DISK_GIB
-                    ):
-                        c.add(f"machines.{node}.disks",
-                              f"`plain` storage needs a first extra disk of at least "
-                              f"{MIN_VG_DISK_GIB} GiB for the volume group (sparse, costs "
-                              "nothing until used)")
-            specs.append(ClusterSpec(cname, tuple(nodes), templates, hvs,
-                                     str(spec.get("vg_name", "xenvg")), index))
+            templates = c.choices(f"{cwhere}.disk_templates",
+                                  spec.get("disk_templates", list(ClusterSpec.disk_templates)),
+                                  DISK_TEMPLATES)
+            hvs = c.choices(f"{cwhere}.hypervisors",
+                            spec.get("hypervisors", list(ClusterSpec.hypervisors)), HYPERVISORS)
+            vg_name = _vg_name(c, f"{cwhere}.vg_name", spec.get("vg_name", ClusterSpec.vg_name))
+            if vg_name is not None:
+                # settle makes every cluster's volume group on each hypervisor's one extra
+                # disk: a second name would wipe the first group.
+                if first_vg is None:
+                    first_vg = (vg_name, cwhere)
+                elif vg_name != first_vg[0]:
+                    c.add(f"{cwhere}.vg_name",
+                          f"{vg_name!r} differs from {first_vg[0]!r} of {first_vg[1]}; the lab "
+                          "makes one volume group per hypervisor, so every cluster must use "
+                          "the same vg_name")
+            if templates:
+                _storage(c, cwhere, nodes, templates, machines or {})
+            specs.append(ClusterSpec(cname, tuple(nodes), templates or ClusterSpec.disk_templates,
+                                     hvs or ClusterSpec.hypervisors,
+                                     vg_name or ClusterSpec.vg_name, index))
             index += 1
         result[layout] = tuple(specs)
     return result
 
 
-def _all_clusters(layouts: dict[str, tuple[ClusterSpec, ...]]) -> list[ClusterSpec]:
-    return [cl for specs in layouts.values() for cl in specs]
+def _nodes(
+    c: _Checker, where: str, nodes: Any, machines: dict[str, Machine] | None,
+    used: dict[str, str], cluster: str,
+) -> list[str] | None:
+    """The cluster's node names, or None when the list itself is unusable (reported)."""
+    if not isinstance(nodes, list):
+        c.add(where, f"must be a list of machine names, e.g. [\"node1\"], not {nodes!r}")
+        return None
+    if not nodes:
+        c.add(where, "a cluster needs at least one node")
+        return None
+    wrong = [n for n in nodes if not isinstance(n, str)]
+    if wrong:
+        c.add(where, f"must be a list of machine names (strings), e.g. [\"node1\"], "
+                     f"not {wrong[0]!r}")
+        return None
+    for node in nodes:
+        if machines is None:
+            pass  # the machines table is reported; membership cannot be checked
+        elif node not in machines:
+            c.add(where, f"{node!r} is not a machine of this topology; "
+                         f"choose from: {', '.join(machines)}")
+        elif machines[node].role not in ROLES:
+            pass  # its role is reported at the machine
+        elif machines[node].role != "hypervisor":
+            c.add(where, f"{node!r} is a {machines[node].role}, not a hypervisor")
+        elif node in used:
+            c.add(where, f"{node!r} is already a node of cluster {used[node]}")
+        else:
+            used[node] = cluster
+    return nodes
+
+
+def _vg_name(c: _Checker, where: str, value: Any) -> str | None:
+    if c.string(where, value, '"xenvg"') is None:
+        return None
+    if not VG_NAME_RE.match(value):
+        c.add(where, f"{value!r} is not a safe LVM volume group name: a letter first, then "
+                     "letters, digits, '_', '+', '.' or '-', at most 127 characters")
+        return None
+    return value
+
+
+def _storage(
+    c: _Checker, where: str, nodes: list[str], templates: tuple[str, ...],
+    machines: dict[str, Machine],
+) -> None:
+    """What the cluster's disk templates need from its nodes."""
+    if "drbd" in templates and len(nodes) < 2:
+        c.add(f"{where}.disk_templates", "`drbd` mirrors every disk on a second node; give "
+                                         "the cluster at least two nodes or drop `drbd`")
+    needs = [t for t in templates if t in VG_TEMPLATES]
+    if not needs:
+        return
+    storage = " and ".join(f"`{t}`" for t in needs)
+    for node in nodes:
+        m = machines.get(node)
+        if m and m.role == "hypervisor" and m.name not in c.faulty and (
+            not m.disks_gib or m.disks_gib[0] < MIN_VG_DISK_GIB
+        ):
+            c.add(f"machines.{_k(node)}.disks",
+                  f"{storage} storage needs a first extra disk of at least "
+                  f"{MIN_VG_DISK_GIB} GiB for the volume group (sparse, costs "
+                  "nothing until used)")

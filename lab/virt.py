@@ -3,19 +3,24 @@ state, every object of a lab found by name (for destroy and orphan hunting), and
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 import libvirt
 import psutil
+from filelock import FileLock
 
 from lab.errors import LabError
-from lab.paths import PREFIX
+from lab.paths import PREFIX, owner_of, state_dir
 from lab.spec import LabPlan
 
 log = logging.getLogger("lab.virt")
@@ -127,45 +132,68 @@ class LabObjects:
     networks: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
 
+    files: list[str] = field(default_factory=list)
+
     def empty(self) -> bool:
-        return not (self.domains or self.networks or self.volumes)
+        return not (self.domains or self.networks or self.volumes or self.files)
+
+    def merge(self, other: LabObjects) -> LabObjects:
+        for kind in ("domains", "networks", "volumes", "files"):
+            getattr(self, kind).extend(x for x in getattr(other, kind)
+                                       if x not in getattr(self, kind))
+        return self
 
     def __str__(self) -> str:
         parts = [f"{kind}: {', '.join(names)}" for kind, names in
                  (("domains", self.domains), ("networks", self.networks),
-                  ("volumes", self.volumes)) if names]
+                  ("volumes", self.volumes), ("files", self.files)) if names]
         return "; ".join(parts) or "nothing"
 
 
-def find(prefix: str = PREFIX) -> LabObjects:
-    """Every libvirt object whose name starts with ``prefix`` (all labs by default)."""
+def find(lab: str | None = None) -> LabObjects:
+    """The libvirt objects of lab ``lab`` (exactly that lab's: not ``x-2``'s when ``lab`` is
+    ``x``), or, with None, every object in the lab namespace (all labs and malformed names)."""
+    def wanted(name: str) -> bool:
+        if lab is None:
+            return name.startswith(PREFIX)
+        return owner_of(name) == lab
+
     found = LabObjects()
     with connect() as conn:
-        found.domains = sorted(d.name() for d in conn.listAllDomains()
-                               if d.name().startswith(prefix))
-        found.networks = sorted(n.name() for n in conn.listAllNetworks()
-                                if n.name().startswith(prefix))
+        found.domains = sorted(d.name() for d in conn.listAllDomains() if wanted(d.name()))
+        found.networks = sorted(n.name() for n in conn.listAllNetworks() if wanted(n.name()))
         for pool in conn.listAllStoragePools():
             if not pool.isActive():
                 continue
-            pool.refresh(0)
-            found.volumes += sorted(f"{pool.name()}/{v}" for v in pool.listVolumes()
-                                    if v.startswith(prefix))
+            _refresh(pool)
+            found.volumes += sorted(f"{pool.name()}/{v.name()}" for v in pool.listAllVolumes()
+                                    if wanted(v.name()))
     return found
 
 
-def remove(prefix: str) -> LabObjects:
-    """Force off and remove every domain, network and volume named ``prefix*``."""
-    if not prefix.startswith(PREFIX):
-        raise ValueError(f"refusing to remove objects outside the lab namespace: {prefix}")
-    return _remove(find(prefix))
+def _refresh(pool: libvirt.virStoragePool) -> None:
+    """Rescan a pool for files placed there behind libvirt's back.
+
+    libvirt refuses a refresh while any client is creating or uploading a volume in that pool
+    ("has asynchronous jobs running"), as another lab's `vagrant up` does for minutes on a new
+    machine. Volumes made through libvirt are listed without a refresh, so listing goes on.
+    """
+    try:
+        pool.refresh(0)
+    except libvirt.libvirtError as exc:
+        log.debug("pool %s not refreshed (%s); listing what libvirt knows", pool.name(), exc)
+
+
+def remove(lab: str) -> LabObjects:
+    """Force off and remove every domain, network and volume of lab ``lab``."""
+    return _remove(find(lab))
 
 
 def remove_exact(name: str) -> LabObjects:
     """Remove the domain, network or volume called exactly ``name`` (orphan clean-up)."""
     if not name.startswith(PREFIX):
         raise ValueError(f"refusing to remove an object outside the lab namespace: {name}")
-    found = find(name)
+    found = find()
     return _remove(LabObjects(
         [d for d in found.domains if d == name], [n for n in found.networks if n == name],
         [v for v in found.volumes if v.split("/", 1)[1] == name]))
@@ -245,6 +273,23 @@ def domain_states(p: LabPlan) -> dict[str, str]:
     return states
 
 
+def console_paths(names: list[str]) -> dict[str, str | None]:
+    """The serial console log file of each domain: it lies in the state directory of the lab
+    that made the domain, which tells a lab of this host's other state directories (another
+    user's, a test's) from an orphan of ours."""
+    paths: dict[str, str | None] = {}
+    with connect() as conn:
+        for name in names:
+            try:
+                root = ElementTree.fromstring(conn.lookupByName(name).XMLDesc(0))
+            except (libvirt.libvirtError, ElementTree.ParseError):
+                paths[name] = None
+                continue
+            paths[name] = next((el.get("path") for el in root.iterfind("devices/serial/source")
+                                if el.get("path")), None)
+    return paths
+
+
 def domain_xml(name: str) -> str:
     with connect() as conn:
         return conn.lookupByName(name).XMLDesc(0)
@@ -255,34 +300,128 @@ def network_xml_of(name: str) -> str:
         return conn.networkLookupByName(name).XMLDesc(0)
 
 
-# Boot files -----------------------------------------------------------------------------------
+# Shared volumes: boxes, kernels, initrds -----------------------------------------------------
+
+POOL = "default"
 
 
-def ensure_boot_file(path: str, volume: str) -> str:
-    """Upload a kernel or initrd into the 'default' pool (once) and return its pool path.
+def ensure_pool_volume(source: Path, volume: str, fmt: str = "raw",
+                       capacity: int | None = None) -> str:
+    """Put ``source`` into the pool as ``volume`` (once per content) and return its path.
+
+    Every lab on the host shares these volumes, so they are filled under a host-wide lock, and
+    a volume counts as filled only once a marker written after the last byte matches the
+    source's checksum and size: an upload that was killed or interrupted leaves no marker, and
+    its half-filled volume is deleted and uploaded again instead of being booted from.
 
     qemu runs as an unprivileged user that cannot read the image cache in a home directory;
     pool volumes are readable by it, and uploading works for members of the libvirt group.
     """
-    from pathlib import Path
-
-    size = Path(path).stat().st_size
-    with connect() as conn:
-        pool = conn.storagePoolLookupByName("default")
-        pool.refresh(0)
+    digest = file_digest(source)
+    size = source.stat().st_size
+    markers = state_dir() / "pool"
+    markers.mkdir(parents=True, exist_ok=True)
+    marker = markers / f"{volume}.sha256"
+    expected = f"{digest} {size}\n"
+    with FileLock(str(markers / f"{volume}.lock"), timeout=1800), connect() as conn:
+        pool = conn.storagePoolLookupByName(POOL)
+        _refresh(pool)
         try:
-            vol = pool.storageVolLookupByName(volume)
-            if vol.info()[1] == size:
-                return str(vol.path())
-            vol.delete(0)
+            vol: libvirt.virStorageVol | None = pool.storageVolLookupByName(volume)
         except libvirt.libvirtError:
-            pass
+            vol = None
+        if vol is not None:
+            complete = marker.is_file() and marker.read_text() == expected
+            on_disk = _file_size(vol.path())
+            if complete and on_disk in (None, size):
+                return str(vol.path())
+            users = _backed_upon(pool, vol.path())
+            if users:
+                # Not ours to replace while disks are built on it (a lab of another user, or
+                # one made by plain `vagrant up` before the markers existed).
+                log.warning("pool volume %s has no upload marker but backs %s; using it as is",
+                            volume, ", ".join(users))
+                return str(vol.path())
+            log.warning("pool volume %s is incomplete or stale (an interrupted upload?); "
+                        "uploading it again", volume)
+            marker.unlink(missing_ok=True)
+            vol.delete(0)
+        marker.unlink(missing_ok=True)
         vol = pool.createXML(
-            f"<volume><name>{volume}</name><capacity unit='B'>{size}</capacity>"
-            "<target><format type='raw'/></target></volume>", 0)
-        stream = conn.newStream(0)
-        vol.upload(stream, 0, size, 0)
-        with open(path, "rb") as f:
-            stream.sendAll(lambda _s, n, fh: fh.read(n), f)
-        stream.finish()
+            f"<volume><name>{escape(volume)}</name>"
+            f"<capacity unit='B'>{capacity or size}</capacity>"
+            f"<allocation unit='B'>{size}</allocation>"
+            f"<target><format type='{fmt}'/></target></volume>", 0)
+        try:
+            stream = conn.newStream(0)
+            vol.upload(stream, 0, size, 0)
+            with open(source, "rb") as f:
+                stream.sendAll(lambda _s, n, fh: fh.read(n), f)
+            stream.finish()
+        except BaseException:
+            with contextlib.suppress(libvirt.libvirtError):
+                stream.abort()
+            with contextlib.suppress(libvirt.libvirtError):
+                vol.delete(0)
+            raise
+        marker.write_text(expected)
         return str(vol.path())
+
+
+def _backed_upon(pool: libvirt.virStoragePool, path: str) -> list[str]:
+    """Volumes of the pool whose backing file is ``path``."""
+    users = []
+    for other in pool.listAllVolumes():
+        try:
+            backing = ElementTree.fromstring(other.XMLDesc(0)).findtext("backingStore/path")
+        except (libvirt.libvirtError, ElementTree.ParseError):
+            continue
+        if backing == path:
+            users.append(other.name())
+    return users
+
+
+def _file_size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None  # not readable from here (another user's pool): the marker decides
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, cached beside it: images in the cache never change once published."""
+    stat = path.stat()
+    cache = path.with_name(f".{path.name}.sha256")
+    stamp = f"{stat.st_size} {stat.st_mtime_ns}"
+    with contextlib.suppress(OSError):
+        cached_stamp, digest = cache.read_text().split("\n")[:2]
+        if cached_stamp == stamp and len(digest) == 64:
+            return digest
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    with contextlib.suppress(OSError):
+        cache.write_text(f"{stamp}\n{h.hexdigest()}\n")
+    return h.hexdigest()
+
+
+def box_volume_name(box: str, registered_img: Path) -> str:
+    """The pool volume vagrant-libvirt (0.11) looks for before uploading a box itself.
+
+    Our boxes carry no version, so it names the volume after the box image's mtime. When the
+    volume exists, Vagrant uses it as is: filling it here, under our lock and marker, is what
+    keeps two labs booting at once, or a `vagrant up` killed mid-upload, from ever leaving a
+    half-uploaded box for the next lab.
+    """
+    mtime = int(registered_img.stat().st_mtime)
+    return f"{box.replace('/', '-VAGRANTSLASH-')}_vagrant_box_image_0_{mtime}_box.img"
+
+
+def ensure_box_volume(box: str, registered_img: Path, virtual_size: int) -> str:
+    if not registered_img.is_file():
+        raise LabError(f"Vagrant box {box} has no image at {registered_img}",
+                       "re-register it: `ganeti-lab images prune` then "
+                       "`ganeti-lab images build`")
+    return ensure_pool_volume(registered_img, box_volume_name(box, registered_img), "qcow2",
+                              virtual_size)

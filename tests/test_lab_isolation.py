@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,19 +17,23 @@ import pytest
 from lab import topology, virt
 from lab.images import ImageStore
 from lab.leases import LeaseBook
-from lab.machines import Lab, destroy, destroy_stale
-from lab.paths import object_prefix
+from lab.machines import Lab, destroy, destroy_stale, lab_processes
+from lab.paths import lab_dir, owner_of
 
 
 def _nothing_left(name: str) -> None:
-    left = virt.find(object_prefix(name))
+    left = virt.find(name)
     assert left.empty(), f"lab {name} left {left}"
     assert LeaseBook().get(name) is None
+    assert not lab_dir(name).exists(), f"lab {name} left its state directory"
+    assert not lab_processes(name), f"lab {name} left processes running"
 
 
-def test_two_labs_at_once(lab_host: ImageStore) -> None:
+def test_two_labs_at_once_and_one_destroyed(lab_host: ImageStore) -> None:
+    """Labs `x` and `x-2` run side by side, isolated; destroying `x` leaves every object of
+    `x-2` in place (a name that starts like another lab's never catches its objects)."""
     tiny = topology.load("tiny")
-    labs = [Lab.prepare(tiny, name, lab_host) for name in ("iso-a", "iso-b")]
+    labs = [Lab.prepare(tiny, name, lab_host) for name in ("x", "x-2")]
     try:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda lab: lab.up(), labs))
@@ -40,6 +47,13 @@ def test_two_labs_at_once(lab_host: ImageStore) -> None:
             lab.service.succeed(f"ping -c1 -W5 {node_ip}")
         # The labs are isolated: a's service box cannot reach b's node.
         a.service.fail(f"ping -c1 -W2 {b.plan.machine('node1').lab_ip}")
+        before = virt.find("x-2")
+        assert len(before.domains) == 2 and len(before.networks) == 2 and before.volumes
+        removed = a.destroy()
+        assert removed.domains and all(owner_of(d) == "x" for d in removed.domains)
+        assert virt.find("x-2") == before, "destroying lab x touched lab x-2"
+        assert b.on_all(lambda m: m.succeed("hostname").strip()) == {
+            "service": "service", "node1": "node1"}
     finally:
         for lab in labs:
             lab.destroy()
@@ -47,45 +61,98 @@ def test_two_labs_at_once(lab_host: ImageStore) -> None:
         _nothing_left(lab.name)
 
 
-def _up_in_background(name: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lab.cli", "up", "--topology", "tiny", "--name", name],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+# Interrupted bring-ups: each point of `up` where a user or CI may stop it, by SIGKILL (no
+# chance to clean up: `destroy --stale` must) and by Ctrl-C (the run cleans up itself).
+POINTS = {
+    "prepare": "preparing keys",           # lease taken, nothing booted yet
+    "boot": ": boot ",                     # vagrant up creating and starting domains
+    "settle": ": settle machines",         # every machine answers SSH
+}
 
 
-def _wait_for_domains(name: str, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if virt.find(object_prefix(name)).domains:
-            return
-        if proc.poll() is not None:
-            pytest.fail(f"`ganeti-lab up` exited {proc.returncode} before creating domains")
-        time.sleep(1)
-    pytest.fail(f"no domain of lab {name} appeared within {timeout} s")
+class _Up:
+    """`ganeti-lab up` in its own process group, its stderr read line by line."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lab.cli", "up", "--topology", "tiny", "--name", name],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+
+    def wait_for(self, marker: str, timeout: float = 900) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            self.seen.append(line)
+            if marker in line:
+                return
+        pytest.fail(f"`ganeti-lab up` never printed {marker!r} (exit {self.proc.poll()}); "
+                    f"it printed:\n{''.join(self.seen[-20:])}")
+
+    def signal(self, signum: int) -> None:
+        os.killpg(self.proc.pid, signum)
+
+    def end(self) -> None:
+        """A test ends what it started, pass or fail."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for leftover in lab_processes(self.name):
+            leftover.kill()
 
 
-def test_killed_up_is_cleaned_by_destroy_stale(lab_host: ImageStore) -> None:
-    name = "killed"
-    destroy(name)
-    proc = _up_in_background(name)
-    _wait_for_domains(name, proc)
-    os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up
-    proc.wait()
-    assert LeaseBook().get(name) is not None
-    assert name in [lease.lab for lease in LeaseBook().stale()]
-    removed = destroy_stale()
-    assert name in removed and removed[name].domains
-    _nothing_left(name)
+@pytest.mark.parametrize("point", list(POINTS))
+def test_killed_up_is_cleaned_by_destroy_stale(lab_host: ImageStore, point: str) -> None:
+    name = f"killed-{point}"
+    destroy(name, force=True)
+    up = _Up(name)
+    try:
+        up.wait_for(POINTS[point])
+        up.signal(signal.SIGKILL)  # no chance to clean up
+        up.proc.wait()
+        assert LeaseBook().get(name) is not None
+        assert name in [lease.lab for lease in LeaseBook().stale()]
+        removed = destroy_stale()
+        assert name in removed
+        if point != "prepare":
+            assert removed[name].domains, removed[name]
+        _nothing_left(name)
+        # Nothing of the killed run outlives the clean-up and comes back later.
+        time.sleep(15)
+        _nothing_left(name)
+    finally:
+        up.end()
+        destroy(name, force=True)
 
 
-def test_ctrl_c_during_up_leaves_nothing(lab_host: ImageStore) -> None:
-    name = "interrupted"
-    destroy(name)
-    proc = _up_in_background(name)
-    _wait_for_domains(name, proc)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends on Ctrl-C
-    assert proc.wait(timeout=300) != 0
-    _nothing_left(name)
+@pytest.mark.parametrize("point", list(POINTS))
+def test_ctrl_c_during_up_leaves_nothing(lab_host: ImageStore, point: str) -> None:
+    name = f"interrupted-{point}"
+    destroy(name, force=True)
+    up = _Up(name)
+    try:
+        up.wait_for(POINTS[point])
+        up.signal(signal.SIGINT)  # what a terminal sends on Ctrl-C
+        assert up.proc.wait(timeout=120) != 0
+        _nothing_left(name)
+    finally:
+        up.end()
+        destroy(name, force=True)
 
 
 def test_a_process_outside_the_daemons_namespace_is_refused(lab_host: ImageStore) -> None:

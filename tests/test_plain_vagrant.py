@@ -11,7 +11,6 @@ from lab import virt
 from lab.images import ImageStore
 from lab.leases import LeaseBook
 from lab.machines import destroy
-from lab.paths import object_prefix
 
 NAME = "plain-vagrant"
 
@@ -46,5 +45,5 @@ def test_plain_vagrant_up_and_ssh(lab_host: ImageStore) -> None:
         assert status.count(",state,running") == 2
     finally:
         destroy(NAME)
-    assert virt.find(object_prefix(NAME)).empty()
+    assert virt.find(NAME).empty()
     assert LeaseBook().get(NAME) is None

@@ -11,6 +11,7 @@ import socket
 import ssl
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,6 +20,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
+from _pytest._code import ExceptionInfo
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -296,9 +299,7 @@ def test_auth_errors(fake: FakeRapi, client: RapiClient, status: int) -> None:
 
 def test_connection_refused_is_unreachable_after_the_get_retries(
         certs: dict[str, tuple[Path, Path]], caplog: pytest.LogCaptureFixture) -> None:
-    with socket.socket() as s:  # a port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _closed_port()
     client = RapiClient("127.0.0.1", port, username=USER, password=PASSWORD,
                         ca_file=certs["good"][0], timeout=2, get_attempts=3)
     with caplog.at_level(logging.DEBUG, logger="lab.rapi"), \
@@ -320,8 +321,70 @@ def test_wrong_certificate_is_rejected(fake: FakeRapi, server: tuple[FakeRapi, i
         client.info()
     assert not isinstance(err.value, RapiUnreachable)
     assert "certificate" in str(err.value).lower() and str(certs["other"][0]) in str(err.value)
-    assert isinstance(err.value.__cause__, ssl.SSLError) or "SSL" in repr(err.value.__cause__)
+    # The TLS library's reason is in the message; its exception chain (and frames) are not.
+    assert "verify failed" in str(err.value).lower()
+    assert err.value.__cause__ is None and err.value.__suppress_context__
     assert fake.seen == []  # no request got past the handshake
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("attempts", [1, 2])
+def test_failed_call_carries_no_credentials(certs: dict[str, tuple[Path, Path]],
+                                            attempts: int) -> None:
+    """The hardening issue: a RAPI call that could not connect printed the HTTP library's
+    frame arguments (the headers, with the Basic token) in pytest's traceback. The error now
+    has no chain, so no rendering of it, with or without locals, reaches those frames."""
+    port = _closed_port()
+    client = RapiClient("127.0.0.1", port, username=USER, password=PASSWORD,
+                        ca_file=certs["good"][0], timeout=2, get_attempts=attempts,
+                        cluster="c1.lab.test")
+    with pytest.raises(RapiUnreachable) as err:
+        client.info()
+    e = err.value
+    assert e.__cause__ is None and e.__context__ is None and e.__suppress_context__
+    assert "c1.lab.test" in str(e) and f"127.0.0.1:{port}" in str(e) and "/2/info" in str(e)
+    assert "Connection refused" in str(e) and "object at 0x" not in str(e)
+    assert e.where == f"cluster c1.lab.test (127.0.0.1:{port})"
+    rendered = [
+        "".join(traceback.TracebackException.from_exception(e, capture_locals=True).format()),
+        # what pytest prints: frame arguments always, locals with -l
+        str(ExceptionInfo.from_exception(e).getrepr(showlocals=True, style="long",
+                                                     funcargs=True, truncate_locals=False)),
+    ]
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    for text in rendered:
+        for secret in (PASSWORD, token, "Authorization", "/urllib3/", "/requests/"):
+            assert secret not in text, f"{secret!r} in a rendered traceback"
+
+
+def test_auth_header_is_masked_in_reprs(certs: dict[str, tuple[Path, Path]]) -> None:
+    """Where a header dict is printed anyway (a frame that is not cut), its value is masked."""
+    client = RapiClient("127.0.0.1", username=USER, password=PASSWORD,
+                        ca_file=certs["good"][0])
+    prepared = client._session.prepare_request(requests.Request("GET", client._base + "/"))
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    assert str(prepared.headers["Authorization"]) == f"Basic {token}"  # what is sent
+    for text in (repr(prepared.headers), repr(dict(prepared.headers)),
+                 repr(client._session.auth), repr(client)):
+        assert token not in text and PASSWORD not in text
+
+
+def test_error_names_the_cluster(fake: FakeRapi, server: tuple[FakeRapi, int],
+                                 certs: dict[str, tuple[Path, Path]]) -> None:
+    fake.route("GET", "/2/instances/nope", (404, {"code": 404, "message": "Not Found"}))
+    client = RapiClient("127.0.0.1", server[1], username=USER, password=PASSWORD,
+                        ca_file=certs["good"][0], timeout=5, cluster="c2.lab.test")
+    with pytest.raises(RapiError) as err:
+        client.instance("nope")
+    assert str(err.value).startswith(
+        f"RAPI GET /2/instances/nope on cluster c2.lab.test (127.0.0.1:{server[1]}) failed "
+        f"(HTTP 404)")
+    assert "cluster='c2.lab.test'" in repr(client)
 
 
 def test_missing_ca_file_fails_early(tmp_path: Path) -> None:

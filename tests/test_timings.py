@@ -325,3 +325,22 @@ def test_host_facts(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(tm.subprocess, "run", no_git)
     assert host_facts()["git_commit"] is None
+
+
+def test_a_failure_keeps_its_whole_first_line_and_exit_status(tmp_path: Path) -> None:
+    from lab.errors import CommandFailed
+    from lab.timings import Timings
+
+    t = Timings(tmp_path, "r1")
+    long_line = "node1: gnt-cluster verify reported " + "x" * 400
+    with pytest.raises(RuntimeError), t.phase("a"):
+        raise RuntimeError(long_line + "\nsecond line")
+    failed = subprocess.CalledProcessError(3, ["vagrant", "up"])
+    with pytest.raises(subprocess.CalledProcessError), t.phase("b"):
+        raise failed
+    with pytest.raises(CommandFailed), t.phase("c"):
+        raise CommandFailed("node2", "false", None, "")
+    errors = {p["name"]: p["error"] for p in t.phases}
+    assert errors["a"] == f"RuntimeError: {long_line}"
+    assert "exit status 3" in errors["b"]
+    assert "timed out" in errors["c"] and "node2" in errors["c"]

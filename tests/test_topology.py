@@ -3,17 +3,32 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import os
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from lab import spec, topology
+from lab import leases, names, spec, topology
+from lab.cli import main
 from lab.errors import LabError
+from lab.names import name_problem as check_lab_name
+from lab.names import validate_lab_name
 from lab.topology import TopologyError, parse
 
 # Plenty of host memory, so only the tests about memory see the host check.
 BIG_HOST = 1_000_000
+# The host route the CLI tests pretend to have (explicit subnets must stay clear of it).
+ROUTED = ipaddress.IPv4Network("10.77.0.0/16")
+
+
+@pytest.fixture(autouse=True)
+def _no_host_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No test reads this host's routes or writes to its real state directory."""
+    monkeypatch.setattr(leases, "_routes", lambda: [])
+    monkeypatch.setenv("GANETI_LAB_STATE", str(tmp_path / "state"))
 
 LAB = """
 [lab]
@@ -366,8 +381,9 @@ def test_unknown_disk_template_and_hypervisor() -> None:
     layouts = LAYOUTS + 'disk_templates = ["plain", "rbd"]\nhypervisors = ["xen-pvm"]\n'
     found = problems(toml(layouts=layouts))
     assert sorted(found) == [
-        "layouts.main.c1.disk_templates: unknown: rbd",
-        "layouts.main.c1.hypervisors: choose from fake, kvm",
+        "layouts.main.c1.disk_templates: unknown: 'rbd'; "
+        "choose from plain, sharedfile, file, diskless, drbd",
+        "layouts.main.c1.hypervisors: unknown: 'xen-pvm'; choose from fake, kvm",
     ]
 
 
@@ -429,14 +445,15 @@ def plan(tmp_path: Path) -> spec.LabPlan:
 
 
 def test_plan_names_and_networks(plan: spec.LabPlan) -> None:
-    assert plan.prefix == "glab-demo-"
+    # "--" ends the lab's part of an object name (lab names never contain it).
+    assert plan.prefix == "glab-demo--"
     assert [m.domain for m in plan.machines] == [
-        "glab-demo-service", "glab-demo-node1", "glab-demo-node2", "glab-demo-node3",
-        "glab-demo-node4",
+        "glab-demo--service", "glab-demo--node1", "glab-demo--node2", "glab-demo--node3",
+        "glab-demo--node4",
     ]
     assert [m.fqdn for m in plan.machines][:2] == ["service.lab", "node1.lab"]
     assert (plan.mgmt_subnet, plan.lab_subnet) == ("10.201.3.0/24", "10.201.4.0/24")
-    assert (plan.mgmt_network, plan.lab_network) == ("glab-demo-mgmt", "glab-demo-lab")
+    assert (plan.mgmt_network, plan.lab_network) == ("glab-demo--mgmt", "glab-demo--lab")
     assert plan.host_lab_ip == "10.201.4.1"
     assert plan.mgmt_bridge != plan.lab_bridge
     assert all(len(b) <= 15 for b in (plan.mgmt_bridge, plan.lab_bridge))
@@ -532,3 +549,458 @@ def test_plan_round_trips_through_json(plan: spec.LabPlan, tmp_path: Path) -> No
     path = tmp_path / "lab.json"
     plan.save(path)
     assert spec.LabPlan.load(path) == plan
+
+
+# Names -----------------------------------------------------------------------------------------
+
+
+BAD_NAMES = ["", "..", "/", "a/b", " a", "a ", "a\n", "x--y", "x-", "-x", "A", "a" * 32, ".",
+             "../x", "a b", "\tx", "a_b", "a.b", "1abc", "ä", "x\n", "a-\n"]
+GOOD_NAMES = ["x", "x-2", "default-gw0", "a" * 31, "tiny", "bug-1275"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+def test_check_lab_name_refuses(name: str) -> None:
+    problem = check_lab_name(name)
+    assert problem is not None
+    assert repr(name) in problem
+    with pytest.raises(LabError, match=r"invalid lab name: .*\n  fix: choose a name with"):
+        validate_lab_name(name)
+
+
+@pytest.mark.parametrize("name", GOOD_NAMES)
+def test_check_lab_name_accepts(name: str) -> None:
+    assert check_lab_name(name) is None
+    assert validate_lab_name(name) == name
+
+
+def test_check_lab_name_says_which_rule() -> None:
+    assert "must not contain '--'" in (check_lab_name("x--y") or "")
+    assert "must not end with '-'" in (check_lab_name("x-") or "")
+    assert "must be a DNS label" in (check_lab_name("a\n") or "")
+    assert "must be a string" in (check_lab_name(3) or "")  # type: ignore[arg-type]
+
+
+def test_one_rule_for_names_everywhere() -> None:
+    # lab.names checks the names users give on the command line; topology names obey the same.
+    names = pytest.importorskip("lab.names")
+    for name in [*BAD_NAMES, *GOOD_NAMES]:
+        assert (check_lab_name(name) is None) == (names.name_problem(name) is None), name
+
+
+def test_name_regex_refuses_a_trailing_newline_even_with_match() -> None:
+    assert names.NAME_RE.match("lab\n") is None
+    assert names.NAME_RE.match("lab") is not None
+
+
+# Malformed topologies through the CLI: one clear line, nothing created -------------------------
+
+
+def _lab(body: str) -> str:
+    return toml(lab=f'[lab]\nname = "t"\n{body}\n')
+
+
+def _net(cluster_lines: str) -> str:
+    return toml(networks=NETWORKS.replace('role = "cluster"', f'role = "cluster"\n{cluster_lines}'))
+
+
+def _spare(lines: str, name: str = "node3") -> str:
+    return toml(extra=SPARE.replace("node3", name) + lines)
+
+
+def _cluster(lines: str, machines: str = MACHINES) -> str:
+    return toml(machines=machines, layouts=LAYOUTS + lines)
+
+
+def _top(lines: str, **parts: str) -> str:
+    """Top-level keys must come before the first table header."""
+    return toml(**{"lab": lines + "\n" + LAB, **parts})
+
+
+MANY_MACHINES = "".join(f'[machines.n{i}]\nrole = "hypervisor"\nmemory = 512\n'
+                        for i in range(88))
+MANY_CLUSTERS = "".join(f'[layouts.l{i}.k{i}]\nnodes = ["node1"]\n' for i in range(50))
+SMALL_NODE1 = MACHINES.replace("memory = 512", "memory = 512\ndisks = []", 1)
+
+BAD_TOPOLOGIES: list[tuple[str, str | bytes, str]] = [
+    # [lab]
+    ("lab-not-a-table", toml(lab='lab = "x"'), "lab: must be a table (a [lab] section), not str"),
+    ("lab-name-int", toml(lab="[lab]\nname = 3"), "lab.name: must be a string"),
+    ("default-layout-int", _lab("default_layout = 3"), "lab.default_layout: must be a string"),
+    ("description-int", _lab("description = 3"), "lab.description: must be a string"),
+    ("lab-name-double-dash", toml(lab='[lab]\nname = "x--y"'), "lab.name: name 'x--y' must not "
+                                                                "contain '--'"),
+    ("lab-name-trailing-dash", toml(lab='[lab]\nname = "x-"'), "must not end with '-'"),
+    ("lab-name-newline", toml(lab='[lab]\nname = "ab\\n"'), "lab.name: name 'ab\\n' must be"),
+    ("lab-name-uppercase", toml(lab='[lab]\nname = "My_Lab"'), "lab.name: name 'My_Lab'"),
+    ("lab-name-too-long", toml(lab=f'[lab]\nname = "{"a" * 32}"'), "at most 31 characters"),
+    ("lab-unknown-key", toml(lab='[lab]\nnmae = "t"'), "lab.nmae: unknown key (did you mean"),
+    ("unknown-default-layout", _lab('default_layout = "nope"'), "lab.default_layout: 'nope'"),
+    # [networks]
+    ("networks-not-a-table", _top("networks = 5", networks=""), "networks: must be a table"),
+    ("network-not-a-table", toml(networks="[networks]\nx = 5\n" + NETWORKS),
+     "networks.x: must be a table"),
+    ("subnet-int", _net("subnet = 5"), "networks.lab.subnet: must be a string"),
+    ("subnet-public", _net('subnet = "8.8.8.0/24"'), "networks.lab.subnet: 8.8.8.0/24 is not a "
+                                                     "private range"),
+    ("subnet-loopback", _net('subnet = "127.0.0.0/24"'), "127.0.0.0/24 is the loopback range"),
+    ("subnet-link-local", _net('subnet = "169.254.0.0/24"'), "is the link-local range"),
+    ("subnet-this-network", _net('subnet = "0.0.0.0/24"'), "0.0.0.0/24 is not a private range"),
+    ("subnet-multicast", _net('subnet = "239.1.0.0/24"'), "is not a private range"),
+    ("subnet-routed", _net('subnet = "10.77.5.0/24"'),
+     "networks.lab.subnet: 10.77.5.0/24 overlaps 10.77.0.0/16, which this host already routes"),
+    ("subnet-too-small", _net('subnet = "10.9.0.0/28"'), "10.9.0.0/28 is too small"),
+    ("subnet-garbage", _net('subnet = "banana"'), "'banana' is not an IPv4 subnet"),
+    ("subnet-host-bits", _net('subnet = "10.9.0.1/24"'), "'10.9.0.1/24' is not an IPv4 subnet"),
+    ("network-role-int", toml(networks=NETWORKS.replace('"cluster"', "5")),
+     "networks.lab.role: 5 is not one of: management, cluster"),
+    ("network-name", toml(networks=NETWORKS.replace("networks.lab", "networks.Lab")),
+     "networks.Lab: name 'Lab'"),
+    ("network-unknown-key", _net('sub = "auto"'), "networks.lab.sub: unknown key (did you mean"),
+    # [defaults]
+    ("defaults-not-a-table", _top("defaults = 5"), "defaults: must be a table"),
+    ("defaults-role-not-a-table", toml(extra="[defaults]\nhypervisor = 3\n"),
+     "defaults.hypervisor: must be a table"),
+    ("defaults-memory-string", toml(extra='[defaults.hypervisor]\nmemory = "big"\n'),
+     "defaults.hypervisor.memory: must be an integer, not 'big'"),
+    ("defaults-disks-int", toml(extra="[defaults.hypervisor]\ndisks = 24\n"),
+     "defaults.hypervisor.disks: must be a list of sizes in GiB"),
+    ("defaults-cpus-zero", toml(extra="[defaults.service]\ncpus = 0\n"),
+     "defaults.service.cpus: 0 is out of range 1..16"),
+    ("defaults-unknown-role", toml(extra="[defaults.storage]\ncpus = 1\n"),
+     "defaults.storage: unknown key"),
+    # [machines]
+    ("machines-not-a-table", _top('machines = "x"', machines=""),
+     "machines: must be a table of machines"),
+    ("machine-not-a-table", toml(machines='[machines]\nnode3 = "x"\n' + MACHINES),
+     "machines.node3: must be a table"),
+    ("cpus-zero", _spare("cpus = 0\n"), "machines.node3.cpus: 0 is out of range 1..16"),
+    ("cpus-float", _spare("cpus = 1.5\n"), "machines.node3.cpus: must be an integer, not 1.5"),
+    ("memory-bool", toml(extra=SPARE.replace("512", "true")),
+     "machines.node3.memory: must be an integer, not True"),
+    ("disk-size-string", _spare('disks = ["24"]\n'), "machines.node3.disks[0]: must be an integer"),
+    ("disk-too-big", _spare("disks = [5000]\n"), "machines.node3.disks[0]: 5000 is out of range"),
+    ("machine-role-int", toml(extra=SPARE.replace('"hypervisor"', "5")),
+     "machines.node3.role: 5 is not one of: service, hypervisor"),
+    ("machine-named-instance", _spare("", "inst5"), "machines.inst5: 'inst5' is reserved"),
+    ("machine-named-localhost", _spare("", "localhost"), "machines.localhost: 'localhost' is "
+                                                         "reserved"),
+    ("machine-double-dash", _spare("", "node--3"), "machines.node--3: name 'node--3' must not"),
+    ("machine-markup", _spare("", '"[/x]"'), 'machines."[/x]": name \'[/x]\' must be a DNS'),
+    ("machine-newline", _spare("", '"node3\\n"'), 'machines."node3\\n": name \'node3\\n\''),
+    ("machine-unknown-key", _spare("memroy = 1\n"), "machines.node3.memroy: unknown key"),
+    ("too-many-machines", toml(extra=MANY_MACHINES),
+     "machines: 91 machines do not fit the lab's address plan (at most 90"),
+    ("no-service", toml(machines=MACHINES.replace('role = "service"\nmemory = 256',
+                                                  'role = "hypervisor"\nmemory = 512')),
+     "machines: needs exactly one machine with role 'service', found 0"),
+    # [layouts]
+    ("layouts-not-a-table", _top("layouts = 5", layouts=""), "layouts: must be a table"),
+    ("layout-not-a-table", toml(layouts="[layouts]\nmain = 5\n"),
+     "layouts.main: must hold at least one cluster table"),
+    ("cluster-not-a-table", toml(layouts="[layouts.main]\nc1 = 5\n"),
+     "layouts.main.c1: must be a cluster table"),
+    ("nodes-string", toml(layouts=LAYOUTS.replace('["node1", "node2"]', '"node1"')),
+     "layouts.main.c1.nodes: must be a list of machine names, e.g. [\"node1\"], not 'node1'"),
+    ("nodes-int-entry", toml(layouts=LAYOUTS.replace('"node1",', "1,")),
+     "layouts.main.c1.nodes: must be a list of machine names (strings)"),
+    ("nodes-nested-list", toml(layouts=LAYOUTS.replace('"node1",', '["node1"],')),
+     "not ['node1']"),
+    ("nodes-unknown", toml(layouts=LAYOUTS.replace('"node2"]', '"node9"]')),
+     "layouts.main.c1.nodes: 'node9' is not a machine"),
+    ("nodes-empty", toml(layouts=LAYOUTS.replace('["node1", "node2"]', "[]")),
+     "layouts.main.c1.nodes: a cluster needs at least one node"),
+    ("disk-templates-string", _cluster('disk_templates = "plain"\n'),
+     "layouts.main.c1.disk_templates: must be a list"),
+    ("disk-templates-int-entry", _cluster("disk_templates = [1]\n"),
+     "layouts.main.c1.disk_templates: must be a list of strings"),
+    ("disk-templates-empty", _cluster("disk_templates = []\n"),
+     "layouts.main.c1.disk_templates: must not be empty"),
+    ("disk-templates-unknown", _cluster('disk_templates = ["rbd"]\n'),
+     "layouts.main.c1.disk_templates: unknown: 'rbd'; choose from"),
+    ("disk-templates-twice", _cluster('disk_templates = ["file", "file"]\n'),
+     "layouts.main.c1.disk_templates: lists 'file' more than once"),
+    ("hypervisors-int", _cluster("hypervisors = 5\n"), "layouts.main.c1.hypervisors: must be a "
+                                                       "list"),
+    ("hypervisors-empty", _cluster("hypervisors = []\n"),
+     "layouts.main.c1.hypervisors: must not be empty; choose from fake, kvm"),
+    ("hypervisors-int-entry", _cluster('hypervisors = ["kvm", 3]\n'), "not 3"),
+    ("hypervisors-unknown", _cluster('hypervisors = ["xen-pvm"]\n'), "unknown: 'xen-pvm'"),
+    ("vg-name-int", _cluster("vg_name = 7\n"), "layouts.main.c1.vg_name: must be a string"),
+    ("vg-name-shell", _cluster('vg_name = "xenvg; rm -rf /"\n'),
+     "layouts.main.c1.vg_name: 'xenvg; rm -rf /' is not a safe LVM volume group name"),
+    ("vg-name-option", _cluster('vg_name = "-ff"\n'), "'-ff' is not a safe LVM volume group"),
+    ("vg-names-differ", _cluster('[layouts.other.c2]\nnodes = ["node1"]\nvg_name = "vg2"\n'),
+     "layouts.other.c2.vg_name: 'vg2' differs from 'xenvg' of layouts.main.c1"),
+    ("drbd-one-node", toml(layouts='[layouts.main.c1]\nnodes = ["node1"]\n'
+                                   'disk_templates = ["drbd"]\n'),
+     "layouts.main.c1.disk_templates: `drbd` mirrors every disk on a second node"),
+    ("drbd-without-disk", _cluster('disk_templates = ["drbd", "file"]\n', SMALL_NODE1),
+     "machines.node1.disks: `drbd` storage needs a first extra disk of at least 20 GiB"),
+    ("plain-without-disk", _cluster("", SMALL_NODE1),
+     "machines.node1.disks: `plain` storage needs a first extra disk"),
+    ("cluster-named-instance", toml(layouts='[layouts.main.inst1]\nnodes = ["node1"]\n'),
+     "layouts.main.inst1: 'inst1' is reserved"),
+    ("cluster-named-localhost", toml(layouts='[layouts.main.localhost]\nnodes = ["node1"]\n'),
+     "layouts.main.localhost: 'localhost' is reserved"),
+    ("cluster-named-machine", toml(layouts='[layouts.main.node2]\nnodes = ["node1"]\n'),
+     "layouts.main.node2: a cluster cannot have the name of a machine"),
+    ("cluster-double-dash", toml(layouts='[layouts.main.c--1]\nnodes = ["node1"]\n'),
+     "layouts.main.c--1: name 'c--1' must not contain '--'"),
+    ("layout-name", toml(layouts=LAYOUTS.replace("layouts.main", "layouts.Main")),
+     "layouts.Main: name 'Main'"),
+    ("cluster-twice", _cluster('[layouts.other.c1]\nnodes = ["node1"]\n'),
+     "layouts.other.c1: duplicate cluster name (also in layouts.main)"),
+    ("cluster-unknown-key", _cluster("node = []\n"), "layouts.main.c1.node: unknown key"),
+    ("too-many-clusters", _cluster(MANY_CLUSTERS),
+     "layouts: 51 clusters in all layouts do not fit the lab's address plan (at most 50"),
+    # the file itself
+    ("unknown-top-level-key", toml(extra="[layout.x.c9]\nnodes = []\n"), "layout: unknown key"),
+    ("toml-syntax", toml(extra="[machines.node3\n"), "TOML syntax: "),
+    ("not-utf8", toml().encode() + b"\n# caf\xe9\n", "not UTF-8 text: byte 0xe9 at line"),
+    ("binary", b"\x7fELF\x02\x01\x01\x00\x00\x00", "not UTF-8 text: binary data"),
+    ("utf16", toml().encode("utf-16"), "not UTF-8 text"),
+]
+
+
+@pytest.fixture
+def cli_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """The CLI's state directory (empty), a big host, and one route the host already has."""
+    state = tmp_path / "cli-state"
+    monkeypatch.setenv("GANETI_LAB_STATE", str(state))
+    monkeypatch.setattr(topology, "host_memory", lambda: BIG_HOST)
+    monkeypatch.setattr(leases, "_routes", lambda: [ROUTED])
+    return state
+
+
+def _created(state: Path) -> list[str]:
+    return sorted(p.name for p in state.iterdir()) if state.exists() else []
+
+
+def test_the_table_of_bad_topologies_is_big_and_distinct() -> None:
+    assert len(BAD_TOPOLOGIES) >= 40
+    assert len({case for case, _, _ in BAD_TOPOLOGIES}) == len(BAD_TOPOLOGIES)
+    assert len({text for _, text, _ in BAD_TOPOLOGIES}) == len(BAD_TOPOLOGIES)
+
+
+@pytest.mark.parametrize(("content", "expected"), [(t, e) for _, t, e in BAD_TOPOLOGIES],
+                         ids=[case for case, _, _ in BAD_TOPOLOGIES])
+def test_check_refuses_a_bad_topology(
+    content: str | bytes, expected: str, cli_state: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "bad.toml"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
+    assert main(["check", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    assert out == ""
+    assert err.startswith(f"error: invalid topology {path}: "), err
+    assert err.rstrip().endswith("fix: correct the file; nothing was created"), err
+    # One fault, one line: nothing that follows from it is reported besides.
+    problems = [line for line in err.splitlines() if line.startswith("  - ")]
+    assert len(problems) == 1, err
+    assert expected in problems[0], (expected, err)
+    assert _created(cli_state) == [], "check must create nothing"
+
+
+def test_check_of_a_directory(cli_state: Path, tmp_path: Path,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"topology {tmp_path} is a directory" in err and "fix: give the file itself" in err
+    assert _created(cli_state) == []
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_check_of_an_unreadable_file(cli_state: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "secret.toml"
+    path.write_text(toml())
+    path.chmod(0)
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot read topology {path}: Permission denied" in err
+    assert _created(cli_state) == []
+
+
+def test_load_reports_an_unreadable_file(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text(toml())
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(LabError, match=r"cannot read topology .*lab.toml: Permission denied"):
+        topology.load(path, host_memory_mib=BIG_HOST)
+
+
+def test_check_of_a_missing_file(cli_state: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "no/such/lab.toml"]) == 2
+    assert "topology no/such/lab.toml not found" in capsys.readouterr().err
+    assert _created(cli_state) == []
+
+
+def test_error_text_is_never_read_as_markup(cli_state: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # "[/x]" is a closing tag to rich: printed as markup it made the error report crash.
+    path = tmp_path / "markup.toml"
+    path.write_text(toml(extra=SPARE.replace("node3", '"[/x]"')
+                         + 'disks = ["[red]x[/red]", "[bold]"]\n'))
+    assert main(["check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "name '[/x]' must be a DNS label" in err
+    assert "not '[red]x[/red]'" in err and "not '[bold]'" in err
+
+
+def test_load_reports_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(toml().encode() + '\n# Zürich\n'.encode("latin-1"))
+    with pytest.raises(TopologyError) as info:
+        topology.load(path, host_memory_mib=BIG_HOST)
+    (problem,) = info.value.problems
+    assert problem.startswith("not UTF-8 text: byte 0xfc at line "), problem
+    assert str(path) in str(info.value)
+
+
+def test_load_accepts_a_byte_order_mark(tmp_path: Path) -> None:
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + toml().encode())
+    assert topology.load(path, host_memory_mib=BIG_HOST).name == "t"
+
+
+@pytest.mark.parametrize("profile", ["default", "tiny", "two-racks"])
+def test_check_prints_the_plan_of_a_builtin_profile(
+    profile: str, cli_state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["check", profile]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    t = topology.load(profile, host_memory_mib=BIG_HOST)
+    assert out.startswith(f"topology {t.source}: valid (lab {t.name!r})\n"), out
+    lines = out.splitlines()
+    for m in t.machines:
+        disks = ", ".join(f"{d} GiB" for d in m.disks_gib) or "none"
+        assert any(line.split() == [m.name, m.role, str(m.cpus), "vCPU", str(m.memory_mib),
+                                    "MiB", "disks:", *disks.split()] for line in lines), m
+    assert "  mgmt  management  auto (leased at up)" in lines
+    assert f"layouts (default: {t.default_layout}):" in lines
+    for clusters in t.layouts.values():
+        for c in clusters:
+            assert (f"    {c.name}: nodes {', '.join(c.nodes)} (master {c.master}); disk "
+                    f"templates {', '.join(c.disk_templates)}; hypervisors "
+                    f"{', '.join(c.hypervisors)}; vg {c.vg_name}") in lines
+    assert lines[-1].startswith("nothing was created")
+    assert _created(cli_state) == []
+
+
+def test_check_shows_explicit_subnets(cli_state: Path, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "lab.toml"
+    path.write_text(_net('subnet = "10.9.1.0/24"'))
+    assert main(["check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "  lab   cluster     10.9.1.0/24" in out.splitlines()
+    assert "  mgmt  management  auto (leased at up)" in out.splitlines()
+    assert _created(cli_state) == []
+
+
+# Memory of running labs, routes of our own labs --------------------------------------------------
+
+
+def _plan_file(state: Path, lab: str, text: str) -> None:
+    path = state / "labs" / lab / "lab.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+
+
+def _plan_json(memory: list[int], subnets: tuple[str, str] = ("10.201.0.0/24",
+                                                              "10.201.1.0/24")) -> str:
+    return json.dumps({"machines": [{"name": f"m{i}", "memory_mib": mib}
+                                    for i, mib in enumerate(memory)],
+                       "mgmt_subnet": subnets[0], "lab_subnet": subnets[1]})
+
+
+def test_memory_in_use_sums_every_planned_lab(tmp_path: Path) -> None:
+    state = tmp_path / "state"  # GANETI_LAB_STATE of every test here
+    assert topology.memory_in_use_mib() == 0
+    _plan_file(state, "one", _plan_json([768, 1536]))
+    _plan_file(state, "two", _plan_json([512]))
+    _plan_file(state, "corrupt", '{"machines": [')
+    _plan_file(state, "odd", json.dumps({"machines": [{"memory_mib": "lots"}, 7, {}]}))
+    _plan_file(state, "list", "[]")
+    (state / "labs" / "empty").mkdir()
+    assert topology.memory_in_use_mib() == 768 + 1536 + 512
+    assert topology.memory_in_use_mib(exclude={"one"}) == 512
+
+
+def test_memory_of_running_labs_counts_against_the_host() -> None:
+    # 1280 MiB needed; 4000 - 1024 kept = 2976 free without other labs, 976 with 2000 in use.
+    assert parse(toml(), "t.toml", host_memory_mib=4000, running_mib=0).memory_mib == 1280
+    only(problems_with(toml(), host_memory_mib=4000, running_mib=2000), "machines",
+         "need 1280 MiB", "2000 MiB used by labs already running", "destroy labs")
+
+
+def test_check_counts_the_memory_of_running_labs(
+    cli_state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(topology, "host_memory", lambda: 4000)
+    _plan_file(cli_state, "other", _plan_json([2000]))
+    path = tmp_path / "lab.toml"
+    path.write_text(toml())
+    assert main(["check", str(path)]) == 2
+    assert "2000 MiB used by labs already running" in capsys.readouterr().err
+
+
+def test_routes_of_our_own_labs_do_not_block_their_subnets(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # A running lab with explicit subnets routes them; its own topology stays valid (which
+    # lab holds a subnet is the lease book's business at `up`).
+    networks = NETWORKS.replace('"management"', '"management"\nsubnet = "10.9.0.0/24"')
+    networks = networks.replace('"cluster"', '"cluster"\nsubnet = "10.9.1.0/24"')
+    monkeypatch.setattr(leases, "_routes", lambda: [ipaddress.IPv4Network("10.9.0.0/24"),
+                                                    ipaddress.IPv4Network("10.9.1.0/24")])
+    found = problems(toml(networks=networks))
+    assert [p.split(": ")[0] for p in found] == ["networks.mgmt.subnet", "networks.lab.subnet"]
+    assert "which this host already routes" in found[0]
+    _plan_file(tmp_path / "state", "mine", _plan_json([512], ("10.9.0.0/24", "10.9.1.0/24")))
+    parse(toml(networks=networks), "t.toml", host_memory_mib=BIG_HOST)
+
+
+def problems_with(text: str, **kwargs: int) -> list[str]:
+    with pytest.raises(TopologyError) as info:
+        parse(text, "test.toml", **kwargs)
+    return info.value.problems
+
+
+def _key_paths() -> list[str]:
+    """Every key of KEYS as it appears in a file (sections of a kind at one example)."""
+    where = {"": "", "lab": "lab", "network": "networks.lab", "defaults": "defaults",
+             "defaults.role": "defaults.hypervisor", "machine": "machines.node1",
+             "cluster": "layouts.main.c1"}
+    assert set(where) == set(topology.KEYS), "a new section of KEYS needs a place here"
+    return [f"{where[section]}.{key}".lstrip(".") for section, keys in topology.KEYS.items()
+            for key in sorted(keys)]
+
+
+@pytest.mark.parametrize("key", _key_paths())
+def test_every_key_of_the_wrong_type_is_one_clean_problem(key: str) -> None:
+    tomli_w = pytest.importorskip("tomli_w")
+    data = tomllib.loads(toml(extra="[defaults.hypervisor]\n[defaults.service]\n"))
+    *parents, last = key.split(".")
+    table = data
+    for part in parents:
+        table = table.setdefault(part, {})
+    # Tables get a number, everything else a table: the wrong type for every key.
+    table[last] = 5 if isinstance(table.get(last), dict) else {"x": 1}
+    found = problems(tomli_w.dumps(data))
+    assert len(found) == 1, found
+    assert found[0].startswith(f"{key}: "), found

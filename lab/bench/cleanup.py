@@ -16,12 +16,9 @@ from lab.bench.figures import _error, _r
 from lab.errors import LabError
 from lab.leases import LeaseBook
 from lab.machines import Lab, destroy
-from lab.paths import object_prefix
 
 log = logging.getLogger("lab.bench")
 
-# Lab names: no name followed by "-" is a prefix of another's, so destroying one (by object
-# prefix) never touches another.
 LAB_NAME = "bench-lab"
 BASELINE_NAME = "bench-baseline"
 PAIR_NAMES = ("bench-pair-a", "bench-pair-b")
@@ -34,7 +31,7 @@ def _claim(name: str) -> None:
         owner = f"process {lease.owner_pid}" if lease.owner_pid else "kept by a user"
         raise LabError(f"a lab named {name!r} already exists on this host ({owner})",
                        f"`ganeti-lab destroy {name}` first; the benchmark uses that name")
-    if lease is None and not virt.find(object_prefix(name)).empty():
+    if lease is None and not virt.find(name).empty():
         log.warning("bench: removing orphaned libvirt objects of lab %s", name)
         destroy(name)
 
@@ -50,7 +47,7 @@ def _destroy(name: str, lab: Lab | None, doc: dict[str, Any],
     try:
         destroy(name)
         doc[key] = _r(time.monotonic() - started)
-        left = virt.find(object_prefix(name))
+        left = virt.find(name)
         if not left.empty():
             doc["left_behind"] = str(left)
     except Exception as exc:

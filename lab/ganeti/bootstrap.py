@@ -15,6 +15,7 @@ import shlex
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from lab import secrets as lab_secrets
 from lab import snapshots
 from lab.errors import LabError
 from lab.ganeti import gnt
@@ -162,6 +163,9 @@ def _rapi_secrets(cluster: Cluster) -> str:
     state = cluster.state_dir
     password = secrets.token_urlsafe(24)
     pem, ca = rapi_certificate(cluster.plan.fqdn, cluster.plan.ip)
+    # Registered before they are written or sent anywhere (the HA1 goes to every node next).
+    lab_secrets.register(password, f"rapi password {cluster.plan.fqdn}", user=RAPI_USER)
+    lab_secrets.register(pem, f"rapi tls key {cluster.plan.fqdn}")
     (state / "rapi-ca.pem").write_text(ca)
     secret = state / "rapi.json"
     secret.touch(mode=0o600)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lab import secrets as lab_secrets
 from lab.ganeti import gnt
 from lab.ganeti.rapi import RapiClient
 from lab.remote import Machine
@@ -57,9 +58,13 @@ class Cluster:
     def rapi(self) -> RapiClient:
         if self._rapi is None:
             secret = json.loads((self.state_dir / "rapi.json").read_text())
+            # Registered as soon as it is read: a failure anywhere after this is scrubbed.
+            lab_secrets.register(secret["password"], f"rapi password {self.plan.fqdn}",
+                                 user=secret["user"])
             self._rapi = RapiClient(self.plan.ip, username=secret["user"],
                                     password=secret["password"],
-                                    ca_file=self.state_dir / "rapi-ca.pem")
+                                    ca_file=self.state_dir / "rapi-ca.pem",
+                                    cluster=self.plan.fqdn)
         return self._rapi
 
     def forget_rapi(self) -> None:

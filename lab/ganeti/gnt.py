@@ -57,8 +57,8 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 300.0,
 def fetch_ganeti_logs(machine: Machine, dest: Path, timeout: float = 60.0) -> Path:
     """/var/log/ganeti of one node, compressed, into ``dest``."""
     remote = f"/tmp/ganeti-logs-{machine.name}.tar.gz"
-    machine.succeed(f"tar -czf {remote} -C /var/log ganeti", timeout=timeout)
+    machine.succeed(f"tar -czf {shlex.quote(remote)} -C /var/log ganeti", timeout=timeout)
     local = dest / f"{machine.name}-var-log-ganeti.tar.gz"
     machine.get(remote, local)
-    machine.run(f"rm -f {remote}")
+    machine.run(f"rm -f {shlex.quote(remote)}")
     return local

@@ -2,12 +2,20 @@
 
 HTTPS only, verified against a pinned CA/certificate file, HTTP basic auth.
 Mutating calls return a :class:`Job`; ``Job.wait()`` polls until it finishes.
+
+A failed call never carries the credentials: transport errors are re-raised as
+:class:`RapiError` without the requests/urllib3 exception chain (whose frames hold the request
+headers, which pytest prints as frame arguments and, with ``-l``, locals), the Authorization
+header value hides itself from ``repr``, and the password is registered with
+:mod:`lab.secrets` so whatever a run writes is scrubbed of it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +23,10 @@ from typing import Any
 from urllib.parse import quote
 
 import requests
+import requests.auth
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from lab import secrets as lab_secrets
 from lab.errors import LabError
 
 log = logging.getLogger("lab.rapi")
@@ -32,12 +42,18 @@ _LOG_TAIL = 10
 
 
 class RapiError(LabError):
-    """A RAPI call failed; ``status`` is None when no HTTP answer was received."""
+    """A RAPI call failed; ``status`` is None when no HTTP answer was received.
 
-    def __init__(self, method: str, path: str, status: int | None, message: str) -> None:
+    ``where`` names the RAPI endpoint (``cluster NAME (host:port)`` or ``host:port``).
+    """
+
+    def __init__(self, method: str, path: str, status: int | None, message: str, *,
+                 where: str | None = None) -> None:
         self.method, self.path, self.status, self.message = method, path, status, message
+        self.where = where
         got = f"HTTP {status}" if status is not None else "no HTTP response"
-        super().__init__(f"RAPI {method} {path} failed ({got}): {message}")
+        on = f" on {where}" if where else ""
+        super().__init__(f"RAPI {method} {path}{on} failed ({got}): {message}")
 
 
 class RapiUnreachable(RapiError):
@@ -77,6 +93,62 @@ class JobTimeout(JobError):
         super().__init__(
             f"Ganeti job {job_id} still {status!r} after waiting {waited:.1f}s; it is still "
             f"running on the cluster (keep waiting, or cancel it: gnt-job cancel {job_id})")
+
+
+class _Masked(str):
+    """A header value that ``repr`` (pytest's frame arguments and ``-l`` locals, dict reprs)
+    shows as ``'***'``; ``str`` and the bytes sent stay the real value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+class _BasicAuth(requests.auth.AuthBase):
+    """HTTP Basic auth whose header is built once and masked in reprs; nothing of it shows
+    when the auth object or a header dict is printed."""
+
+    __slots__ = ("_header",)
+
+    def __init__(self, username: str, password: str) -> None:
+        # latin-1 first, as requests' own HTTPBasicAuth does (same bytes on the wire); utf-8
+        # for what latin-1 cannot encode, as RFC 7617 suggests.
+        raw = f"{username}:{password}"
+        try:
+            encoded = raw.encode("latin-1")
+        except UnicodeEncodeError:
+            encoded = raw.encode("utf-8")
+        self._header = _Masked("Basic " + base64.b64encode(encoded).decode("ascii"))
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = self._header
+        return r
+
+    def __repr__(self) -> str:
+        return "<RAPI basic auth ***>"
+
+
+# urllib3 names its connection object in messages ("<...HTTPSConnection object at 0x..>: ").
+_OBJECT_REPR = re.compile(r"<[^<>]* object at 0x[0-9a-fA-F]+>:?\s*")
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a requests/urllib3 error as one short line, e.g.
+    ``ConnectionRefusedError: [Errno 111] Connection refused``; never any request header."""
+    current, seen = exc, set()
+    while id(current) not in seen:
+        seen.add(id(current))
+        inner = getattr(current, "reason", None)  # urllib3's MaxRetryError and friends
+        if not isinstance(inner, BaseException):
+            inner = next((a for a in current.args if isinstance(a, BaseException)), None)
+        if inner is None:
+            inner = current.__cause__ or current.__context__
+        if inner is None:
+            break
+        current = inner
+    text = _OBJECT_REPR.sub("", str(current)).strip() or "no detail"
+    return lab_secrets.scrub(f"{type(current).__name__}: {text.splitlines()[0]}")
 
 
 def _is_encoded_error(result: Any) -> bool:
@@ -164,11 +236,17 @@ class Job:
 
 
 class RapiClient:
-    """Client for one cluster's RAPI at ``https://host:port``."""
+    """Client for one cluster's RAPI at ``https://host:port``; ``cluster`` (the cluster's name)
+    is named in every error."""
 
     def __init__(self, host: str, port: int = 5080, *, username: str, password: str,
-                 ca_file: str | Path, timeout: float = 60.0, get_attempts: int = 3) -> None:
-        self.host, self.port, self.username = host, port, username
+                 ca_file: str | Path, timeout: float = 60.0, get_attempts: int = 3,
+                 cluster: str | None = None) -> None:
+        self.host, self.port, self.username, self.cluster = host, port, username, cluster
+        endpoint = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self.where = f"cluster {cluster} ({endpoint})" if cluster else endpoint
+        # Before anything can fail: whatever a failure prints is scrubbed of these.
+        lab_secrets.register(password, f"rapi password {cluster or host}", user=username)
         self.ca_file = Path(ca_file)
         if not self.ca_file.is_file():
             raise FileNotFoundError(f"RAPI CA/certificate file not found: {self.ca_file}")
@@ -179,12 +257,15 @@ class RapiClient:
         # trust_env off: REQUESTS_CA_BUNDLE would silently replace the pinned CA and a
         # proxy from the environment has no business between us and a lab network.
         self._session.trust_env = False
-        self._session.auth = (username, password)
+        # An auth object, not a (user, password) tuple: the tuple would be visible wherever
+        # the session's settings are printed, and its header would not be masked.
+        self._session.auth = _BasicAuth(username, password)
         self._session.headers.update({"Accept": "application/json",
                                       "User-Agent": "ganeti-lab-rapi"})
 
     def __repr__(self) -> str:
-        return (f"RapiClient(host={self.host!r}, port={self.port}, "
+        cluster = f"cluster={self.cluster!r}, " if self.cluster else ""
+        return (f"RapiClient({cluster}host={self.host!r}, port={self.port}, "
                 f"username={self.username!r}, ca_file={str(self.ca_file)!r})")
 
     def close(self) -> None:
@@ -226,37 +307,26 @@ class RapiClient:
             data = json.dumps(body)
             headers["Content-Type"] = "application/json"
         started = time.monotonic()
-        try:
-            resp = self._session.request(method, self._base + path, params=params or None,
-                                         data=data, headers=headers, timeout=self.timeout,
-                                         verify=str(self.ca_file))
-        except requests.exceptions.SSLError as exc:
-            log.debug("%s %s -> TLS error after %.3fs", method, path, time.monotonic() - started)
-            raise RapiError(method, path, None,
-                            f"TLS verification of {self.host}:{self.port} against {self.ca_file} "
-                            f"failed: {exc}. Is that file the cluster's current RAPI certificate "
-                            f"and does it name {self.host!r} as a SAN?") from exc
-        except requests.exceptions.ConnectionError as exc:  # includes ConnectTimeout
-            log.debug("%s %s -> unreachable after %.3fs", method, path,
+        resp, failure = self._transport(method, path, params, data, headers)
+        if failure is not None:
+            # Raised here, after the except blocks: the exception has no cause or context, so
+            # its traceback starts in this frame and never shows the HTTP library's frames,
+            # whose arguments and locals hold the auth header.
+            log.debug("%s %s -> %s after %.3fs", method, path, type(failure).__name__,
                       time.monotonic() - started)
-            raise RapiUnreachable(
-                method, path, None,
-                f"cannot talk to Ganeti RAPI at {self.host}:{self.port} ({exc}). Check that "
-                f"the cluster IP is up on the master and that ganeti-rapi listens on the "
-                f"cluster IP (not only on loopback) port {self.port}") from exc
-        except requests.exceptions.Timeout as exc:
-            raise RapiError(method, path, None,
-                            f"no answer within {self.timeout}s; the call may still have "
-                            f"taken effect ({exc})") from exc
+            raise failure from None
+        assert resp is not None
         log.debug("%s %s -> %s in %.3fs", method, resp.request.path_url, resp.status_code,
                   time.monotonic() - started)
+        invalid_json = False
         try:
             content = resp.json() if resp.content else None
         except ValueError:
             content = resp.text.strip()[:500]
-            if resp.ok:
-                raise RapiError(method, path, resp.status_code,
-                                f"invalid JSON answer: {content!r}") from None
+            invalid_json = resp.ok
+        if invalid_json:  # outside the except block, for the same reason as above
+            raise RapiError(method, path, resp.status_code,
+                            f"invalid JSON answer: {content!r}", where=self.where) from None
         if resp.ok:
             return content
         if isinstance(content, dict) and "message" in content:
@@ -269,8 +339,40 @@ class RapiClient:
             raise RapiAuthError(method, path, resp.status_code,
                                 f"{detail}. Check the RAPI user {self.username!r} and its "
                                 f"password in rapi_users, and that it has the 'write' "
-                                f"option for modifying calls")
-        raise RapiError(method, path, resp.status_code, detail)
+                                f"option for modifying calls", where=self.where)
+        raise RapiError(method, path, resp.status_code, detail, where=self.where)
+
+    def _transport(self, method: str, path: str, params: list[tuple[str, Any]],
+                   data: str | None, headers: dict[str, str]
+                   ) -> tuple[requests.Response | None, RapiError | None]:
+        """One HTTP exchange: the response, or the RapiError to raise (built here, raised by
+        the caller outside any except block). ``headers`` holds only Content-Type: the auth
+        header is added by the session, deep in frames that never reach a traceback."""
+        try:
+            return self._session.request(method, self._base + path, params=params or None,
+                                         data=data, headers=headers, timeout=self.timeout,
+                                         verify=str(self.ca_file)), None
+        except requests.exceptions.SSLError as exc:
+            return None, RapiError(
+                method, path, None,
+                f"TLS verification of {self.host}:{self.port} against {self.ca_file} failed "
+                f"({_reason(exc)}). Is that file the cluster's current RAPI certificate and "
+                f"does it name {self.host!r} as a SAN?", where=self.where)
+        except requests.exceptions.ConnectionError as exc:  # includes ConnectTimeout
+            return None, RapiUnreachable(
+                method, path, None,
+                f"cannot talk to Ganeti RAPI at {self.host}:{self.port} ({_reason(exc)}). "
+                f"Check that the cluster IP is up on the master and that ganeti-rapi listens "
+                f"on the cluster IP (not only on loopback) port {self.port}", where=self.where)
+        except requests.exceptions.Timeout as exc:
+            return None, RapiError(
+                method, path, None,
+                f"no answer within {self.timeout}s; the call may still have taken effect "
+                f"({_reason(exc)})", where=self.where)
+        except Exception as exc:  # anything else from requests/urllib3: same rule, no chain
+            return None, RapiError(method, path, None,
+                                   f"request to {self.host}:{self.port} failed "
+                                   f"({_reason(exc)})", where=self.where)
 
     def _submit(self, method: str, path: str, query: list[tuple[str, Any]] | None = None,
                 body: Any = None) -> Job:

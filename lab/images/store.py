@@ -175,6 +175,21 @@ def register_box(image: Image) -> str:
     return image.box_name
 
 
+def registered_box_image(box: str) -> Path:
+    """Where Vagrant keeps the image of a registered (unversioned, libvirt) box."""
+    home = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
+    return home / "boxes" / box.replace("/", "-VAGRANTSLASH-") / "0" / "libvirt" / "box.img"
+
+
+def ensure_registered(image: Image) -> Path:
+    """The registered box image of ``image``, registering the box first if Vagrant lacks it
+    (a warm image cache on a host whose Vagrant boxes were removed)."""
+    path = registered_box_image(image.box_name)
+    if not path.is_file():
+        register_box(image)
+    return path
+
+
 def unregister_box(name: str) -> None:
     _box_cmd("remove", "--force", "--all", name, check=False, timeout=300)
 
