@@ -67,6 +67,19 @@ class _RememberNewHost(paramiko.MissingHostKeyPolicy):
             client.save_host_keys(str(self.path))
 
 
+# How long after our own deadline the machine kills a command that is still running.
+REMOTE_KILL_GRACE = 5
+
+
+def _bounded(command: str, timeout: float) -> str:
+    """``command`` under coreutils' timeout on the machine: when we stop waiting for it, the
+    machine ends it (its whole process group) a few seconds later instead of leaving it
+    running behind a closed channel."""
+    limit = int(timeout) + REMOTE_KILL_GRACE
+    return (f"timeout --kill-after={REMOTE_KILL_GRACE} {limit} "
+            f"bash -c {shlex.quote(command)}")
+
+
 class Machine:
     def __init__(self, name: str, host: str, key_file: Path, known_hosts: Path,
                  user: str = "root", port: int = 22,
@@ -178,7 +191,7 @@ class Machine:
             transport = client.get_transport()
             assert transport is not None
             chan = transport.open_session(timeout=30)
-            chan.exec_command(command)
+            chan.exec_command(_bounded(command, timeout))
             if input is not None:
                 chan.sendall(input.encode())
             chan.shutdown_write()

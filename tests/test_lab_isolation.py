@@ -70,6 +70,12 @@ POINTS = {
 }
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    # A run started in the background of a non-interactive shell ignores SIGINT, and so would
+    # its children: give `up` the disposition it has when a person runs it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class _Up:
     """`ganeti-lab up` in its own process group, its stderr read line by line."""
 
@@ -80,7 +86,7 @@ class _Up:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "lab.cli", "up", "--topology", "tiny", "--name", name],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_ctrl_c_as_in_a_terminal)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -103,6 +109,19 @@ class _Up:
         pytest.fail(f"`ganeti-lab up` never printed {marker!r} (exit {self.proc.poll()}); "
                     f"it printed:\n{''.join(self.seen[-20:])}")
 
+    def wait_for_domains(self, timeout: float = 600) -> None:
+        """Until vagrant has defined the lab's first domain: the middle of the boot."""
+        deadline = time.monotonic() + timeout
+        while not virt.find(self.name).domains:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"no domain of lab {self.name} appeared (exit {self.proc.poll()})")
+            time.sleep(1)
+
+    def reach(self, point: str) -> None:
+        self.wait_for(POINTS[point])
+        if point == "boot":
+            self.wait_for_domains()
+
     def signal(self, signum: int) -> None:
         os.killpg(self.proc.pid, signum)
 
@@ -122,7 +141,7 @@ def test_killed_up_is_cleaned_by_destroy_stale(lab_host: ImageStore, point: str)
     destroy(name, force=True)
     up = _Up(name)
     try:
-        up.wait_for(POINTS[point])
+        up.reach(point)
         up.signal(signal.SIGKILL)  # no chance to clean up
         up.proc.wait()
         assert LeaseBook().get(name) is not None
@@ -146,7 +165,7 @@ def test_ctrl_c_during_up_leaves_nothing(lab_host: ImageStore, point: str) -> No
     destroy(name, force=True)
     up = _Up(name)
     try:
-        up.wait_for(POINTS[point])
+        up.reach(point)
         up.signal(signal.SIGINT)  # what a terminal sends on Ctrl-C
         assert up.proc.wait(timeout=120) != 0
         _nothing_left(name)

@@ -59,3 +59,12 @@ def test_snapshot_restore_undoes_changes_on_every_machine(lab: Lab) -> None:
     finally:
         snapshots.delete(lab, "lifecycle-test")
     assert "lifecycle-test" not in [s.name for s in snapshots.list_snapshots(lab)]
+
+
+def test_a_command_that_times_out_is_ended_on_the_machine_too(lab: Lab) -> None:
+    node = lab.machine("node1")
+    result = node.run("sleep 613", timeout=2)
+    assert result.exit_status is None  # we stopped waiting
+    # ... and the machine ends it shortly after, instead of leaving it behind a closed channel.
+    node.wait_until_succeeds("! pgrep -f '^sleep 613$'", timeout=60)
+    assert node.succeed("echo still fine").strip() == "still fine"

@@ -94,8 +94,12 @@ def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None =
         # Leave the lab cluster-less, so the next test can try again from a clean state.
         log.error("forming layout %s failed; restoring the %r snapshot", layout,
                   BOOTED_SNAPSHOT)
-        snapshots.restore(lab, BOOTED_SNAPSHOT)
-        _set_layout(lab, None)
+        try:
+            snapshots.restore(lab, BOOTED_SNAPSHOT)
+            _set_layout(lab, None)
+        except Exception as exc:  # the formation's own error is the one to report
+            log.error("restoring %r after the failure failed too: %s", BOOTED_SNAPSHOT,
+                      str(exc).splitlines()[0] if str(exc) else exc)
         raise
     with maybe_phase(timings, f"save snapshot {layout_snapshot(layout)}"):
         snapshots.save(lab, layout_snapshot(layout), meta={"layout": layout})
@@ -116,8 +120,18 @@ def form_layout(lab: Lab, layout: str, timings: Timings | None = None) -> dict[s
                     f"{cp.master} already belongs to a cluster; cannot form layout {layout}",
                     f"restore the {BOOTED_SNAPSHOT!r} snapshot first (ensure_layout does)")
         with ThreadPoolExecutor(max_workers=len(plans)) as pool:
-            futures = [pool.submit(_bootstrap, lab, cp, timings, parent) for cp in plans]
-        clusters = {f.result().plan.name: f.result() for f in futures}
+            futures = {cp.name: pool.submit(_bootstrap, lab, cp, timings, parent)
+                       for cp in plans}
+        failed = {name: f.exception() for name, f in futures.items() if f.exception()}
+        if len(failed) == 1:
+            raise next(iter(failed.values()))  # type: ignore[misc]
+        if failed:  # every cluster's failure, not only the first one's
+            raise ClusterError(
+                f"{len(failed)} clusters of layout {layout} failed to form:\n"
+                + "\n".join(f"  {name}: {str(exc).splitlines()[0]}"
+                             for name, exc in failed.items()),
+                "each line names the cluster; its phase in timings.json has the details")
+        clusters = {name: f.result() for name, f in futures.items()}
     _set_layout(lab, layout)
     return clusters
 

@@ -1,0 +1,76 @@
+"""The SSH side of a lab without a lab: interrupting waits, bounding remote commands, and
+running on every machine with every failure reported. Only loopback is contacted."""
+
+from __future__ import annotations
+
+import shlex
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import spec, topology
+from lab.errors import LabError
+from lab.machines import Lab
+from lab.remote import REMOTE_KILL_GRACE, Cancelled, Machine, _bounded
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])  # closed again when the block ends
+
+
+def test_an_interrupted_wait_for_ssh_ends_at_once(tmp_path: Path) -> None:
+    m = Machine("node1", "127.0.0.1", tmp_path / "key", tmp_path / "known_hosts",
+                port=_closed_port())
+    threading.Timer(1.0, m.cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(Cancelled, match="node1: interrupted while waiting for SSH"):
+        m.wait_for_ssh(timeout=600)
+    # Bounded by one refused connection and one second of waiting, not by the 600 s timeout.
+    assert time.monotonic() - started < 30
+
+
+def test_remote_commands_carry_their_own_deadline() -> None:
+    command = "echo 'it''s' && sleep 1 | cat"
+    bounded = _bounded(command, 30)
+    assert bounded == (f"timeout --kill-after={REMOTE_KILL_GRACE} {30 + REMOTE_KILL_GRACE} "
+                       f"bash -c {shlex.quote(command)}")
+    assert shlex.split(bounded)[-1] == command  # the command reaches bash unchanged
+
+
+@pytest.fixture
+def planned_lab(tmp_path: Path) -> Lab:
+    tiny = topology.load("tiny", host_memory_mib=1 << 20)
+    plan = spec.plan(tiny, "t", {n.name: f"10.201.{i}.0/24" for i, n in
+                                 enumerate(tiny.networks)},
+                     tmp_path / "key", tmp_path / "console", "qemu", "custom")
+    return Lab(tmp_path, plan)
+
+
+def test_on_all_reports_every_failed_machine(planned_lab: Lab) -> None:
+    def fail(m: Machine) -> None:
+        raise LabError(f"{m.name} broke\nsecond line")
+
+    with pytest.raises(LabError) as err:
+        planned_lab.on_all(fail)
+    text = str(err.value)
+    assert "2 of 2 machines failed" in text
+    assert "service: service broke" in text and "node1: node1 broke" in text
+
+
+def test_on_all_raises_a_single_failure_as_it_is(planned_lab: Lab) -> None:
+    class Boom(LabError):
+        pass
+
+    def one(m: Machine) -> str:
+        if m.name == "node1":
+            raise Boom("node1 broke")
+        return m.name
+
+    with pytest.raises(Boom):
+        planned_lab.on_all(one)
+    assert planned_lab.on_all(lambda m: m.name) == {"service": "service", "node1": "node1"}
