@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -135,14 +136,25 @@ class _Up:
             leftover.kill()
 
 
-@pytest.mark.parametrize("point", list(POINTS))
-def test_killed_up_is_cleaned_by_destroy_stale(lab_host: ImageStore, point: str) -> None:
-    name = f"killed-{point}"
+@contextlib.contextmanager
+def _up_stopped_at(point: str, signum: int, name: str) -> Iterator[_Up]:
+    """`ganeti-lab up` of lab ``name``, sent ``signum`` at ``point``; ended and removed after
+    the test whatever happens."""
     destroy(name, force=True)
     up = _Up(name)
     try:
         up.reach(point)
-        up.signal(signal.SIGKILL)  # no chance to clean up
+        up.signal(signum)
+        yield up
+    finally:
+        up.end()
+        destroy(name, force=True)
+
+
+@pytest.mark.parametrize("point", list(POINTS))
+def test_killed_up_is_cleaned_by_destroy_stale(lab_host: ImageStore, point: str) -> None:
+    name = f"killed-{point}"
+    with _up_stopped_at(point, signal.SIGKILL, name) as up:  # no chance to clean up
         up.proc.wait()
         assert LeaseBook().get(name) is not None
         assert name in [lease.lab for lease in LeaseBook().stale()]
@@ -154,24 +166,14 @@ def test_killed_up_is_cleaned_by_destroy_stale(lab_host: ImageStore, point: str)
         # Nothing of the killed run outlives the clean-up and comes back later.
         time.sleep(15)
         _nothing_left(name)
-    finally:
-        up.end()
-        destroy(name, force=True)
 
 
 @pytest.mark.parametrize("point", list(POINTS))
 def test_ctrl_c_during_up_leaves_nothing(lab_host: ImageStore, point: str) -> None:
     name = f"interrupted-{point}"
-    destroy(name, force=True)
-    up = _Up(name)
-    try:
-        up.reach(point)
-        up.signal(signal.SIGINT)  # what a terminal sends on Ctrl-C
+    with _up_stopped_at(point, signal.SIGINT, name) as up:  # what a terminal sends on Ctrl-C
         assert up.proc.wait(timeout=120) != 0
         _nothing_left(name)
-    finally:
-        up.end()
-        destroy(name, force=True)
 
 
 def test_a_process_outside_the_daemons_namespace_is_refused(lab_host: ImageStore) -> None:

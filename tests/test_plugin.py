@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +36,7 @@ NO_VIRT = "qemu-system-x86_64 is not installed"
 LAB_OPTIONS = (
     "--lab-topology",
     "--lab-name",
+    "--lab-force",
     "--lab-reuse",
     "--lab-keep",
     "--lab-required",
@@ -569,3 +574,49 @@ def test_terminal_log_handler_removed_after_run(run, pytester) -> None:
     run().assert_outcomes(passed=1)
     leftover = {name: logging.getLogger(name).handlers for name in PLUGIN_LOGGERS}
     assert leftover == {name: [] for name in PLUGIN_LOGGERS}
+
+
+@pytest.mark.parametrize("name", ["..", "/", "a/b", "x--y", "x-", "Lab"])
+def test_a_bad_lab_name_is_a_usage_error(run, pytester: pytest.Pytester, name: str) -> None:
+    pytester.makepyfile(test_x="def test_x(): pass")
+    result = run(f"--lab-name={name}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--lab-name: invalid lab name*"])
+
+
+def test_sigterm_ends_the_session_with_its_teardown(pytester: pytest.Pytester) -> None:
+    """SIGTERM (a CI time-out) gets what Ctrl-C gets: the session's teardown runs, which is
+    where the lab is destroyed or kept."""
+    marker = pytester.path / "teardown-ran"
+    started = pytester.path / "test-started"
+    pytester.makeconftest(f"""
+        import pathlib, pytest
+
+        @pytest.fixture(scope="session")
+        def held():
+            yield
+            pathlib.Path({str(marker)!r}).write_text("torn down")
+    """)
+    pytester.makepyfile(test_long=f"""
+        import pathlib, time
+
+        def test_long(held):
+            pathlib.Path({str(started)!r}).write_text("")
+            time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                             f"--lab-runs={pytester.path / 'runs'}", "test_long.py"],
+                            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert started.exists(), "the inner test never started"
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert marker.read_text() == "torn down", out
+    assert "signal 15" in out
