@@ -508,9 +508,15 @@ def test_an_interrupt_while_two_labs_boot_ends_their_boots_before_destroying_the
 
     monkeypatch.setattr("lab.bench.labs.Lab", Booting)
     monkeypatch.setattr("lab.bench.cleanup.destroy", lambda name: events.append(f"destroy {name}"))
-    threading.Thread(target=interrupt_once_both_boot, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        two_labs_at_once(ImageStore())
+    # A run started in the background of a non-interactive shell ignores SIGINT: give this
+    # process the Ctrl-C a person's terminal would deliver, for the length of the test.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=interrupt_once_both_boot, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            two_labs_at_once(ImageStore())
+    finally:
+        signal.signal(signal.SIGINT, previous)
     ended = sorted(e for e in events if " boot ended " in e)
     assert ended == [f"{n} boot ended {-signal.SIGTERM}" for n in sorted(bench.PAIR_NAMES)]
     destroys = [e for e in events if e.startswith("destroy ")]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 
-from lab import snapshots
+from lab import power, snapshots
 from lab.machines import Lab
 
 
@@ -68,3 +68,37 @@ def test_a_command_that_times_out_is_ended_on_the_machine_too(lab: Lab) -> None:
     # ... and the machine ends it shortly after, instead of leaving it behind a closed channel.
     node.wait_until_succeeds("! pgrep -f '^sleep 613$'", timeout=60)
     assert node.succeed("echo still fine").strip() == "still fine"
+
+
+def test_power_verbs_and_the_cluster_link(lab: Lab) -> None:
+    """An operator's verbs on one machine; the lab is as it was afterwards (same identity,
+    storage and mounts), so the tests after this one see no difference."""
+    name, peer = "node4", lab.machine("node1")
+    node = lab.machine(name)
+    address = lab.plan.machine(name).lab_ip
+
+    power.cut_link(lab, name)
+    assert power.link_state(lab, name) == "down"
+    peer.fail(f"ping -c1 -W2 {address}")
+    assert node.succeed("hostname").strip() == name  # the management link still answers
+    power.restore_link(lab, name)
+    assert power.link_state(lab, name) == "up"
+    peer.wait_until_succeeds(f"ping -c1 -W2 {address}", timeout=60)
+
+    boots = [node.succeed("cat /proc/sys/kernel/random/boot_id").strip()]
+    power.reboot(lab, name)
+    boots.append(node.succeed("cat /proc/sys/kernel/random/boot_id").strip())
+    power.power_off(lab, name)
+    assert power.state(lab, name) == "shut off"
+    power.start(lab, name)
+    boots.append(node.succeed("cat /proc/sys/kernel/random/boot_id").strip())
+    power.shutdown(lab, name)
+    assert power.state(lab, name) == "shut off"
+    power.start(lab, name)
+    boots.append(node.succeed("cat /proc/sys/kernel/random/boot_id").strip())
+    assert len(set(boots)) == 4, boots
+    # What settle made survives a cold start: storage, the shared mount, names.
+    assert "xenvg" in node.succeed("vgs --noheadings -o vg_name")
+    node.wait_until_succeeds("mountpoint -q /srv/ganeti/shared-file-storage", timeout=120)
+    peer.wait_until_succeeds(f"ping -c1 -W2 {name}.lab", timeout=60)
+    snapshots.resync_clocks(lab)

@@ -476,3 +476,106 @@ def test_jobs_listing_and_cancel(fake: FakeRapi, client: RapiClient) -> None:
     fake.route("DELETE", "/2/jobs/4", [True, "Job 4 canceled"])
     assert client.jobs() == [3, 4]
     assert client.cancel_job(4) == (True, "Job 4 canceled")
+
+
+# -- jobs in bulk --------------------------------------------------------------
+
+def _wait_answers(*statuses: str) -> list[dict[str, Any]]:
+    return [{"job_info": [s], "log_entries": []} for s in statuses]
+
+
+def test_job_set_waits_through_the_long_poll(fake: FakeRapi, client: RapiClient) -> None:
+    from lab.ganeti.jobs import JobSet, JobSetFailed
+
+    fake.route("POST", "/2/instances", "21", "22")
+    fake.route("GET", "/2/jobs/21/wait", None, *_wait_answers("running", "success"))
+    fake.route("GET", "/2/jobs/22/wait", *_wait_answers("error"))
+    fake.route("GET", "/2/jobs/21", job_record(21, "success", opresult=[["inst1.lab"]],
+                                               start_ts=[102, 0], end_ts=[110, 250000]))
+    fake.route("GET", "/2/jobs/22", job_record(
+        22, "error", start_ts=[101, 0], end_ts=[103, 0],
+        opresult=[["OpPrereqError", ["Not enough memory on node2.lab", "insufficient"]]]))
+    jobs = JobSet(client)
+    for name in ("inst1", "inst2"):
+        jobs.submit(name, lambda n=name: client.create_instance(
+            n, disk_template="plain", disks=[{"size": 256}]))
+    outcomes = {o.label: o for o in jobs.wait()}
+    ok, failed = outcomes["inst1"], outcomes["inst2"]
+    assert ok.ok and ok.result == [["inst1.lab"]]
+    assert (ok.queue_seconds, ok.run_seconds) == (pytest.approx(2.0), pytest.approx(8.25))
+    assert failed.status == "error"
+    assert failed.reason == "OpPrereqError: Not enough memory on node2.lab (insufficient)"
+    # Waited by long poll: the job record is read once, when the wait said it was final.
+    assert len(fake.calls("GET", "/2/jobs/21")) == 1
+    waits = fake.calls("GET", "/2/jobs/21/wait")
+    assert len(waits) == 3
+    assert waits[0].body == {"fields": ["status"], "previous_job_info": None,
+                             "previous_log_serial": None}
+    assert waits[2].body["previous_job_info"] == ["running"]
+    assert [o.label for o in jobs.failures()] == ["inst2"]
+    with pytest.raises(JobSetFailed, match="1 of 2 jobs did not succeed") as err:
+        jobs.raise_for_failures()
+    assert "inst2 (job 22): error: OpPrereqError: Not enough memory" in str(err.value)
+
+
+def test_job_set_records_a_refused_submission(fake: FakeRapi, client: RapiClient) -> None:
+    from lab.ganeti.jobs import JobSet
+
+    fake.route("POST", "/2/instances", (400, {"code": 400, "message": "Bad Request",
+                                              "explain": "Missing disk_template"}))
+    jobs = JobSet(client)
+    outcome = jobs.submit("bad", lambda: client.create_instance(
+        "bad", disk_template="plain", disks=[]))
+    assert outcome.status == "submit-failed" and "Missing disk_template" in str(outcome.reason)
+    assert jobs.wait() == [outcome]  # nothing to wait for, and no exception
+
+
+def test_job_set_follows_a_multi_allocation(fake: FakeRapi, client: RapiClient) -> None:
+    from lab.ganeti.jobs import JobSet
+
+    fake.route("POST", "/2/instances-multi-alloc", "30")
+    fake.route("GET", "/2/jobs/30/wait", *_wait_answers("success"))
+    fake.route("GET", "/2/jobs/30", job_record(30, "success", opresult=[{
+        "jobs": [[True, 31], [False, "job queue full"]], "allocatable": ["a.lab", "b.lab"],
+        "failed": ["c.lab"]}]))
+    fake.route("GET", "/2/jobs/31/wait", *_wait_answers("success"))
+    fake.route("GET", "/2/jobs/31", job_record(31, "success", start_ts=[105, 0],
+                                               end_ts=[120, 0]))
+    jobs = JobSet(client)
+    jobs.submit_multi_alloc([{"name": n, "disk_template": "plain", "disks": [{"size": 256}]}
+                             for n in ("a.lab", "b.lab", "c.lab")], iallocator="hail")
+    outcomes = {o.label: o for o in jobs.wait()}
+    assert fake.calls("POST", "/2/instances-multi-alloc")[0].body["iallocator"] == "hail"
+    assert outcomes["multi-alloc"].ok
+    assert outcomes["a.lab"].ok and outcomes["a.lab"].run_seconds == pytest.approx(15.0)
+    assert (outcomes["b.lab"].status, outcomes["b.lab"].reason) == ("submit-failed",
+                                                                   "job queue full")
+    assert outcomes["c.lab"].status == "not-allocated"
+
+
+def test_job_set_is_safe_from_many_threads(fake: FakeRapi, client: RapiClient,
+                                           tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lab.ganeti.jobs import JobSet
+    from lab.timings import Timings
+
+    ids = list(range(40, 56))
+    fake.route("POST", "/2/instances", *[str(i) for i in ids])
+    for i in ids:
+        fake.route("GET", f"/2/jobs/{i}/wait", *_wait_answers("success"))
+        fake.route("GET", f"/2/jobs/{i}", job_record(i, "success", start_ts=[101, 0],
+                                                     end_ts=[102, 0]))
+    jobs = JobSet(client, waiters=4)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: jobs.submit(f"i{n}", lambda: client.create_instance(
+            f"i{n}", disk_template="plain", disks=[{"size": 1}])), range(len(ids))))
+    outcomes = jobs.wait()
+    assert sorted(o.job_id for o in outcomes) == ids
+    assert all(o.ok for o in outcomes)
+    timings = Timings(tmp_path, "r")
+    with timings.phase("create") as phase:
+        jobs.record(phase)
+    metrics = timings.phases[0]["metrics"]
+    assert metrics["jobs.succeeded"] == len(ids) and metrics["jobs.failed"] == 0
+    assert metrics["job i3.run_s"] == 1.0 and metrics["job i3.outcome"] == "success"

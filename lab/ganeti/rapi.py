@@ -215,6 +215,26 @@ class Job:
             self.queue_seconds = start - received
         return info
 
+    def wait_for_final(self, timeout: float = 600) -> dict[str, Any]:
+        """Block until the job is final through RAPI's long poll (``/2/jobs/ID/wait``): the
+        master answers as soon as the job's status changes, or after its own short timeout
+        with no change. Returns the final job record (failed jobs too; they are not raised).
+        Needs a RAPI user with write access, as Ganeti requires for this call."""
+        began = time.monotonic()
+        seen: list[Any] | None = None
+        while True:
+            change = self.client.wait_for_job_change(self.id, ["status"], seen)
+            if change:
+                seen = list(change.get("job_info") or [])
+            if seen and seen[0] in JOB_FINAL:
+                info = self.status()
+                self.finished_at = time.time()
+                return info
+            waited = time.monotonic() - began
+            if waited >= timeout:
+                self.status()
+                raise JobTimeout(self.id, self.last_status, waited)
+
     def wait(self, timeout: float = 600, poll: float = 1.0) -> list[Any]:
         """Poll until the job is final; return ``opresult`` or raise JobFailed/JobTimeout."""
         began = time.monotonic()
@@ -443,6 +463,16 @@ class RapiClient:
     def job_status(self, job_id: int) -> dict[str, Any]:
         return self._request("GET", f"/2/jobs/{int(job_id)}")
 
+    def wait_for_job_change(self, job_id: int, fields: list[str],
+                            previous_job_info: list[Any] | None = None,
+                            previous_log_serial: int | None = None) -> dict[str, Any] | None:
+        """One long poll: None when nothing changed within the master's wait, else
+        ``{"job_info": [values of fields], "log_entries": [...]}``."""
+        body = {"fields": fields, "previous_job_info": previous_job_info,
+                "previous_log_serial": previous_log_serial}
+        answer = self._request("GET", f"/2/jobs/{int(job_id)}/wait", body=body)
+        return answer if isinstance(answer, dict) else None
+
     def tags(self, kind: str, name: str | None = None) -> list[str]:
         return list(self._request("GET", self._tags_path(kind, name)))
 
@@ -478,6 +508,17 @@ class RapiClient:
                   hypervisor=hypervisor, beparams=beparams, hvparams=hvparams,
                   osparams=osparams, **extra)
         return self._submit("POST", "/2/instances", [("dry-run", dry_run)], body)
+
+    def create_instances_multi_alloc(self, instances: list[dict[str, Any]], *,
+                                     iallocator: str | None = None,
+                                     opportunistic_locking: bool | None = None,
+                                     dry_run: bool = False) -> Job:
+        """``POST /2/instances-multi-alloc``: each entry takes create_instance's body fields
+        (``name``, ``disk_template``, ``disks``, ``nics``, ``os``, ...). The job's result
+        names the allocatable and failed instances and the creation job of each."""
+        body = self._set({"instances": instances}, iallocator=iallocator,
+                         opportunistic_locking=opportunistic_locking)
+        return self._submit("POST", "/2/instances-multi-alloc", [("dry-run", dry_run)], body)
 
     def remove_instance(self, name: str, shutdown_timeout: int | None = None,
                         dry_run: bool = False) -> Job:
