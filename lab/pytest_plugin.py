@@ -33,7 +33,7 @@ from lab.names import name_problem
 from lab.progress import Steps
 from lab.session import KEEP_POLICIES, LabSession
 from lab.snapshots import restore
-from lab.timings import Timings, host_facts, new_run_id
+from lab.timings import Phase, Timings, host_facts, new_run_id
 
 log = logging.getLogger("lab.pytest")
 LOGGERS = ("lab.timings", "lab.session", "lab.machines", "lab.ganeti", "lab.pytest",
@@ -53,6 +53,7 @@ class SizeProfile:
 
 _state_key = pytest.StashKey[dict[str, Any]]()
 _report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
+_versions_key = pytest.StashKey[tuple[dict[str, Cluster], dict[str, str]]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -229,9 +230,11 @@ def clusters(request: pytest.FixtureRequest, lab: Lab) -> dict[str, Cluster]:
     """All clusters of the test's layout (marker `lab(layout=...)`), formed or restored."""
     found = ensure_layout(lab, _layout(request), _state(request.config)["timings"])
     versions = _state(request.config)["timings"].host.setdefault("ganeti", {})
-    for name, c in found.items():
-        if name not in versions:
-            versions[name] = c.version().splitlines()[0] if c.version() else "?"
+    ran = {name: c.version_summary() for name, c in found.items()}
+    for name, version in ran.items():
+        versions.setdefault(name, version)
+    # Read again when the test ends: a test that upgrades a cluster is recorded as such.
+    request.node.stash[_versions_key] = (found, ran)
     return found
 
 
@@ -251,8 +254,8 @@ def lab_reset(request: pytest.FixtureRequest, lab: Lab) -> Lab:
     ensure_layout(lab, _layout(request), timings)
     layout = current_layout(lab)
     assert layout is not None
-    with timings.phase(f"reset to {layout_snapshot(layout)}"):
-        restore(lab, layout_snapshot(layout))
+    with timings.phase(f"reset to {layout_snapshot(lab, layout)}"):
+        restore(lab, layout_snapshot(lab, layout))
     return lab
 
 
@@ -274,6 +277,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     cm = timings.phase(f"test {item.nodeid}")
     phase = cm.__enter__()
     outcome = yield
+    _record_versions(item, phase)
     excinfo = outcome.excinfo
     if excinfo and isinstance(excinfo[1], pytest.skip.Exception):
         phase.skip(str(excinfo[1]))  # a skip inside the test is not a failure
@@ -281,6 +285,22 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     elif excinfo and (xfail := _covering_xfail(item, excinfo[1])) is not None:
         phase.expect_failure(xfail.kwargs.get("reason"))
     cm.__exit__(*(excinfo if excinfo else (None, None, None)))
+
+
+def _record_versions(item: pytest.Item, phase: Phase) -> None:
+    """The Ganeti each cluster of the test ran, as a metric of the test's phase:
+    ``3.0 (3.0.2-3)``, or ``3.0 (3.0.2-3) -> 3.1 (3.1.0~rc2-3~bpo12+1)`` when it changed."""
+    held = item.stash.get(_versions_key, None)
+    if held is None:
+        return
+    found, before = held
+    for name, cluster in found.items():
+        try:
+            after = cluster.version_summary()
+        except LabError as exc:  # a test that broke its cluster: say so, keep its outcome
+            after = f"unknown ({str(exc).splitlines()[0]})"
+        metric = before[name] if after == before[name] else f"{before[name]} -> {after}"
+        phase.metric(f"ganeti {name}", metric)
 
 
 def _covering_xfail(item: pytest.Item, exc: BaseException) -> pytest.Mark | None:

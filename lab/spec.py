@@ -54,6 +54,7 @@ class ClusterPlan:
     disk_templates: list[str]
     hypervisors: list[str]
     vg_name: str
+    version: str = "3.0"  # plans written before clusters had versions are 3.0
 
 
 @dataclass
@@ -163,7 +164,7 @@ def _cluster(c: ClusterSpec, labnet: ipaddress.IPv4Network) -> ClusterPlan:
         name=c.name, fqdn=f"{c.name}.{DOMAIN}", ip=str(labnet[FIRST_CLUSTER_HOST + c.index]),
         nodes=[f"{n}.{DOMAIN}" for n in c.nodes], master=f"{c.master}.{DOMAIN}",
         disk_templates=list(c.disk_templates), hypervisors=list(c.hypervisors),
-        vg_name=c.vg_name,
+        vg_name=c.vg_name, version=c.version,
     )
 
 

@@ -27,6 +27,9 @@ NETWORK_ROLES = ("management", "cluster")
 # are named glab-<lab>--<machine>, so "--" must never occur inside a name. \A..\Z (not ^..$)
 # because `$` also matches before a trailing newline.
 # LVM's own rule, minus a leading '-' (it would be read as an option); the name reaches a shell.
+# The Ganeti series the hypervisor image carries (hypervisor.packages): the names of their
+# /usr/lib/ganeti/<series> directories, which is also what `gnt-cluster upgrade --to` takes.
+GANETI_VERSIONS = ("3.0", "3.1")
 VG_NAME_RE = re.compile(r"\A[A-Za-z][A-Za-z0-9_+.-]{0,126}\Z")
 MIN_MEMORY_MIB = {"service": 256, "hypervisor": 512}
 # Ganeti's `gnt-cluster init --vg-name` wants a volume group of at least 20 GiB.
@@ -51,7 +54,7 @@ KEYS = {
     "defaults": set(ROLES),
     "defaults.role": {"cpus", "memory", "disks"},
     "machine": {"role", "cpus", "memory", "disks"},
-    "cluster": {"nodes", "disk_templates", "hypervisors", "vg_name"},
+    "cluster": {"nodes", "disk_templates", "hypervisors", "vg_name", "version"},
 }
 
 
@@ -88,6 +91,7 @@ class ClusterSpec:
     hypervisors: tuple[str, ...] = ("fake", "kvm")
     vg_name: str = "xenvg"
     index: int = 0  # position among all clusters of the topology; fixes the cluster IP
+    version: str = "3.0"  # the Ganeti series the cluster is formed with (GANETI_VERSIONS)
 
     @property
     def master(self) -> str:
@@ -633,11 +637,13 @@ def _layouts(
                           f"{vg_name!r} differs from {first_vg[0]!r} of {first_vg[1]}; the lab "
                           "makes one volume group per hypervisor, so every cluster must use "
                           "the same vg_name")
+            version = _version(c, f"{cwhere}.version", spec.get("version", ClusterSpec.version))
             if templates:
                 _storage(c, cwhere, nodes, templates, machines or {})
             specs.append(ClusterSpec(cname, tuple(nodes), templates or ClusterSpec.disk_templates,
                                      hvs or ClusterSpec.hypervisors,
-                                     vg_name or ClusterSpec.vg_name, index))
+                                     vg_name or ClusterSpec.vg_name, index,
+                                     version or ClusterSpec.version))
             index += 1
         result[layout] = tuple(specs)
     return result
@@ -674,6 +680,16 @@ def _nodes(
         else:
             used[node] = cluster
     return nodes
+
+
+def _version(c: _Checker, where: str, value: Any) -> str | None:
+    if c.string(where, value, '"3.1"') is None:
+        return None
+    if value not in GANETI_VERSIONS:
+        c.add(where, f"Ganeti {value!r} is not in the lab's images; choose one of: "
+                     f"{', '.join(GANETI_VERSIONS)} (Debian ships 3.0.2 and 3.1.0~rc2)")
+        return None
+    return value
 
 
 def _vg_name(c: _Checker, where: str, value: Any) -> str | None:

@@ -28,6 +28,7 @@ def _check_cluster(c: Cluster) -> None:
 def test_one_cluster_of_four_verifies(cluster: Cluster) -> None:
     _check_cluster(cluster)
     assert len(cluster.plan.nodes) == 4
+    assert {v.split()[0] for v in cluster.versions().values()} == {"3.0"}
     storage = cluster.query("gnt-node list-storage -t lvm-vg", ["node", "name"])
     assert {row["name"] for row in storage} == {"xenvg"}
     assert len(storage) == 4
@@ -68,6 +69,12 @@ def test_two_clusters_from_the_booted_snapshot(clusters: dict[str, Cluster]) -> 
         _check_cluster(c)
     nodes = [set(c.plan.nodes) for c in clusters.values()]
     assert not nodes[0] & nodes[1]
+    # Each cluster on the Ganeti its topology names, every node of it (rack2: 3.1).
+    for c in clusters.values():
+        series = {v.split()[0] for v in c.versions().values()}
+        assert series == {c.plan.version}, c.versions()
+        assert f"v{c.plan.version}" in c.version(), c.version()
+    assert clusters["rack2"].plan.version == "3.1"
 
 
 @pytest.mark.lab(layout="one-cluster")

@@ -727,6 +727,10 @@ BAD_TOPOLOGIES: list[tuple[str, str | bytes, str]] = [
     ("hypervisors-int-entry", _cluster('hypervisors = ["kvm", 3]\n'), "not 3"),
     ("hypervisors-unknown", _cluster('hypervisors = ["xen-pvm"]\n'), "unknown: 'xen-pvm'"),
     ("vg-name-int", _cluster("vg_name = 7\n"), "layouts.main.c1.vg_name: must be a string"),
+    ("version-number", _cluster("version = 3.1\n"),
+     "layouts.main.c1.version: must be a string, e.g. \"3.1\""),
+    ("version-unknown", _cluster('version = "3.2"\n'),
+     "layouts.main.c1.version: Ganeti '3.2' is not in the lab's images; choose one of: 3.0, 3.1"),
     ("vg-name-shell", _cluster('vg_name = "xenvg; rm -rf /"\n'),
      "layouts.main.c1.vg_name: 'xenvg; rm -rf /' is not a safe LVM volume group name"),
     ("vg-name-option", _cluster('vg_name = "-ff"\n'), "'-ff' is not a safe LVM volume group"),
@@ -1004,3 +1008,12 @@ def test_every_key_of_the_wrong_type_is_one_clean_problem(key: str) -> None:
     found = problems(tomli_w.dumps(data))
     assert len(found) == 1, found
     assert found[0].startswith(f"{key}: "), found
+
+
+def test_a_cluster_names_its_ganeti_version() -> None:
+    t = topology.load("default", host_memory_mib=BIG_HOST)
+    one, two = t.layout("one-cluster"), t.layout("two-clusters")
+    assert [c.version for c in one] == ["3.0"]
+    assert {c.name: c.version for c in two} == {"rack1": "3.0", "rack2": "3.1"}
+    plan = spec.plan(t, "v", SUBNETS, Path("/k"), Path("/c"), "qemu", "custom")
+    assert [c.version for c in plan.layouts["two-clusters"]] == ["3.0", "3.1"]

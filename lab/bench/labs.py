@@ -93,7 +93,7 @@ def _lab_extras(timings: Timings) -> Callable[[Lab, dict[str, Any]], None]:
             snapshots.delete(lab, SAVE_SNAPSHOT)
 
         with _timed(doc, "restore_to_verified_cluster_seconds"):
-            snapshots.restore(lab, layout_snapshot(layout))
+            snapshots.restore(lab, layout_snapshot(lab, layout))
             verified = {n: c.verify() for n, c in clusters_of(lab, layout).items()}
             bad = {n: v for n, v in verified.items() if not v.ok}
             if bad:
@@ -107,7 +107,7 @@ def _lab_extras(timings: Timings) -> Callable[[Lab, dict[str, Any]], None]:
         with _timed(doc, "per_test_reset_seconds"):
             for _ in range(RESET_SAMPLES):
                 started = time.monotonic()
-                snapshots.restore(lab, layout_snapshot(layout))
+                snapshots.restore(lab, layout_snapshot(lab, layout))
                 samples.append(time.monotonic() - started)
         doc["per_test_reset_samples"] = [_r(s) for s in samples]
         doc["per_test_reset_seconds"] = median(samples)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from lab import secrets as lab_secrets
 from lab import snapshots
 from lab.errors import LabError
-from lab.ganeti import gnt
+from lab.ganeti import gnt, versions
 from lab.ganeti.certs import rapi_certificate
 from lab.ganeti.cluster import RAPI_USER, Cluster
 from lab.ganeti.rapi import RapiError
@@ -45,8 +45,11 @@ class ClusterError(LabError):
     pass
 
 
-def layout_snapshot(layout: str) -> str:
-    return f"cluster-{layout}"
+def layout_snapshot(lab: Lab, layout: str) -> str:
+    """The "cluster ready" snapshot of a layout, named with its clusters' Ganeti versions
+    (``cluster-two-clusters-3.0-3.1``), so layouts on different versions coexist in a lab."""
+    versions = "-".join(cp.version for cp in lab.plan.layouts[layout])
+    return f"cluster-{layout}-{versions}"
 
 
 def current_layout(lab: Lab) -> str | None:
@@ -69,9 +72,9 @@ def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None =
                        f"choose one of: {', '.join(lab.plan.layouts)}")
     if current_layout(lab) == layout:
         return clusters_of(lab, layout)
-    if snapshots.has(lab, layout_snapshot(layout)):
-        with maybe_phase(timings, f"restore snapshot {layout_snapshot(layout)}"):
-            snapshots.restore(lab, layout_snapshot(layout))
+    if snapshots.has(lab, layout_snapshot(lab, layout)):
+        with maybe_phase(timings, f"restore snapshot {layout_snapshot(lab, layout)}"):
+            snapshots.restore(lab, layout_snapshot(lab, layout))
         _set_layout(lab, layout)
         clusters = clusters_of(lab, layout)
         for c in clusters.values():
@@ -101,8 +104,10 @@ def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None =
             log.error("restoring %r after the failure failed too: %s", BOOTED_SNAPSHOT,
                       str(exc).splitlines()[0] if str(exc) else exc)
         raise
-    with maybe_phase(timings, f"save snapshot {layout_snapshot(layout)}"):
-        snapshots.save(lab, layout_snapshot(layout), meta={"layout": layout})
+    with maybe_phase(timings, f"save snapshot {layout_snapshot(lab, layout)}"):
+        snapshots.save(lab, layout_snapshot(lab, layout),
+                       meta={"layout": layout, "versions": {cp.name: cp.version for cp in
+                                                            lab.plan.layouts[layout]}})
     return clusters
 
 
@@ -194,6 +199,8 @@ def _prepare_node(cluster: Cluster, m: Machine, password: str) -> None:
     # Without a cluster the daemons do not run yet (init and node add start them); wait
     # only until the boot-time ganeti service has run.
     m.wait_until_succeeds("systemctl is-active ganeti", timeout=300)
+    # The cluster's Ganeti before anything of it starts: init and node add run that one.
+    versions.activate(m, cluster.plan.version)
     m.succeed(f"mountpoint -q {SHARED_MOUNT}")
     # Installed with `gnt-cluster renew-crypto` right after init (init refuses a
     # /var/lib/ganeti that already holds files); node adds then copy it to candidates.

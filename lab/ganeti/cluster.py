@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lab import secrets as lab_secrets
-from lab.ganeti import gnt
+from lab.ganeti import gnt, versions
 from lab.ganeti.rapi import RapiClient
 from lab.remote import Machine
 
@@ -86,6 +86,19 @@ class Cluster:
         errors = [ln for ln in lines if re.search(r"\bERROR\b", ln)]
         warnings = [ln for ln in lines if re.search(r"\bWARNING\b", ln)]
         return Verify(result.ok and not errors, errors, warnings, result.stdout + result.stderr)
+
+    def versions(self) -> dict[str, str]:
+        """The Ganeti each node runs, e.g. ``{"node1.lab": "3.1 (3.1.0~rc2-3~bpo12+1)"}``:
+        every node's own, not only the master's (an upgrade may leave them apart)."""
+        found = self.lab.on_all(versions.describe, self.nodes)
+        return {fqdn: found[fqdn.split(".")[0]] for fqdn in self.plan.nodes}
+
+    def version_summary(self) -> str:
+        """One line for the run record: the version all nodes run, or each node's."""
+        found = self.versions()
+        if len(set(found.values())) == 1:
+            return next(iter(found.values()))
+        return ", ".join(f"{node.split('.')[0]}: {v}" for node, v in found.items())
 
     def instance_states(self) -> dict[str, dict[str, str]]:
         rows = self.query("gnt-instance list", ["name", "pnode", "status", "disk_template"])

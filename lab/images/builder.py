@@ -164,7 +164,8 @@ def _build_role(
             resolv = root / "etc" / "resolv.conf"
             resolv.unlink(missing_ok=True)
             shutil.copy("/etc/resolv.conf", resolv)
-            with steps.step(f"{recipe.name}: install {len(recipe.packages)} packages"):
+            with steps.step(f"{recipe.name}: install {len(recipe.packages)} packages"), \
+                    _extra_releases(root, recipe.packages):
                 _chroot(root, "apt-get", "update", "-qq", where=where)
                 _chroot(root, "apt-get", "install", "-y", "-q", *DPKG_OPTS, *recipe.packages,
                         where=where)
@@ -197,6 +198,25 @@ def _build_role(
             "repo": served,
         }
         store.publish(staging, recipe.name, key, _manifest(recipe, key, started, extra))
+
+
+@contextlib.contextmanager
+def _extra_releases(root: Path, packages: tuple[str, ...]) -> Iterator[None]:
+    """Debian releases besides the suite that ``<package>/<release>`` entries ask for
+    (bookworm-backports for Ganeti 3.1): enabled for the install only, so the image keeps no
+    source it could not reach at run time."""
+    releases = sorted({p.split("/", 1)[1] for p in packages if "/" in p} - {SUITE})
+    listing = root / "etc" / "apt" / "sources.list.d" / "lab-extra-releases.list"
+    if releases:
+        listing.write_text("".join(f"deb {MIRROR} {r} main\n" for r in releases))
+    try:
+        yield
+    finally:
+        if releases:
+            listing.unlink(missing_ok=True)
+            for release in releases:
+                for cached in (root / "var" / "lib" / "apt" / "lists").glob(f"*_{release}_*"):
+                    cached.unlink()
 
 
 def _package_versions(root: Path) -> dict[str, str]:
