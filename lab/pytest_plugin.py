@@ -26,6 +26,7 @@ from lab import secrets as lab_secrets
 from lab.errors import LabError
 from lab.ganeti.bootstrap import current_layout, ensure_layout, layout_snapshot
 from lab.ganeti.cluster import Cluster
+from lab.ganeti.instances import InstanceFactory
 from lab.hostcheck import virtualization_problem
 from lab.images import ImageStore, build_images
 from lab.machines import Lab
@@ -38,7 +39,7 @@ from lab.timings import Phase, Timings, host_facts, new_run_id
 log = logging.getLogger("lab.pytest")
 LOGGERS = ("lab.timings", "lab.session", "lab.machines", "lab.ganeti", "lab.pytest",
            "lab.snapshots", "lab.artifacts")
-LAB_FIXTURES = {"lab", "cluster", "clusters", "lab_reset", "lab_host"}
+LAB_FIXTURES = {"lab", "cluster", "clusters", "lab_reset", "lab_host", "instances"}
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,15 @@ def cluster(clusters: dict[str, Cluster]) -> Cluster:
         raise LabError(f"the layout has {len(clusters)} clusters",
                        "use the `clusters` fixture for multi-cluster layouts")
     return next(iter(clusters.values()))
+
+
+@pytest.fixture
+def instances(cluster: Cluster) -> Iterator[InstanceFactory]:
+    """Instances with the lab's defaults (`instances.create("plain")`, or `.submit(jobs, ...)`
+    into a JobSet); what the test made is removed after it."""
+    factory = InstanceFactory(cluster)
+    yield factory
+    factory.remove_all()
 
 
 @pytest.fixture

@@ -7,8 +7,18 @@ import json
 
 import pytest
 
+from lab.ganeti import versions
 from lab.ganeti.cluster import Cluster
+from lab.ganeti.instances import (
+    InstanceFactory,
+    disk_checksum,
+    disk_location,
+    read_marker,
+    seeded_checksum,
+    write_data,
+)
 from lab.ganeti.rapi import RapiAuthError, RapiClient, RapiError
+from lab.ganeti.versions import VersionError
 from lab.machines import Lab
 
 
@@ -98,3 +108,36 @@ def test_renew_crypto_rapi_certificate_alone_replaces_the_certificate(cluster: C
         (cluster.state_dir / "rapi-ca.pem").write_text(ca)
         cluster.forget_rapi()
     assert after != before, f"rapi.pem still has {before} after renew-crypto reported success"
+
+
+@pytest.mark.lab(layout="one-cluster")
+@pytest.mark.parametrize("template", ["plain", "file", "sharedfile"])
+def test_instances_with_real_data(lab_reset: Lab, cluster: Cluster,
+                                  instances: InstanceFactory, template: str) -> None:
+    """The lab OS makes a real filesystem; known data goes in and the disk's checksum is read
+    where the disk lives, without starting the instance."""
+    variant = "eager" if template == "plain" else "lazy"
+    name = instances.create(template, os=f"lab+{variant}")
+    marker = read_marker(cluster, name)
+    assert marker == {"instance": name, "variant": variant, "hypervisor": "fake"}
+    assert cluster.rapi.instance(name)["status"] == "ADMIN_down"
+    before = disk_checksum(cluster, name)
+    written = write_data(cluster, name, mib=2, seed="lab-seed")
+    assert written == seeded_checksum(2, "lab-seed", cluster.master)
+    after = disk_checksum(cluster, name)
+    assert after != before and disk_checksum(cluster, name) == after  # changed, then stable
+    # The OS definition's export and import move the disk's bytes unchanged.
+    where = disk_location(cluster, name)
+    node = lab_reset.machine(where.node)
+    copy = f"/root/{name}.copy"
+    node.succeed(f"EXPORT_DISK_PATH={where.path} /usr/share/ganeti/os/lab/export | "
+                 f"IMPORT_DISK_PATH={copy} /usr/share/ganeti/os/lab/import && "
+                 f"test $(sha256sum < {copy} | cut -d' ' -f1) = {after}; rm -f {copy}")
+
+
+@pytest.mark.lab(layout="one-cluster")
+def test_a_version_the_images_do_not_carry_is_refused(cluster: Cluster) -> None:
+    node = cluster.nodes[-1]
+    with pytest.raises(VersionError, match=r"has no Ganeti 9\.9 \(its image carries 3\.0, 3\.1\)"):
+        versions.activate(node, "9.9")
+    assert versions.active(node) == "3.0"

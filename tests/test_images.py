@@ -122,7 +122,7 @@ def test_inputs_describe_what_the_key_covers(root: Path) -> None:
     inputs = hv.inputs(root)
     assert inputs["name"] == "hypervisor"
     assert inputs["parent"] == recipes(root)["base"].key(root)
-    assert set(inputs["files"]) == {"hypervisor-setup.sh"}
+    assert set(inputs["files"]) == {"hypervisor-setup.sh", "lab-os"}
     assert inputs["packages"] == sorted(hv.packages)
     json.dumps(inputs)  # the manifest stores it
 

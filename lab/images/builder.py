@@ -208,6 +208,7 @@ def _extra_releases(root: Path, packages: tuple[str, ...]) -> Iterator[None]:
     releases = sorted({p.split("/", 1)[1] for p in packages if "/" in p} - {SUITE})
     listing = root / "etc" / "apt" / "sources.list.d" / "lab-extra-releases.list"
     if releases:
+        listing.parent.mkdir(parents=True, exist_ok=True)
         listing.write_text("".join(f"deb {MIRROR} {r} main\n" for r in releases))
     try:
         yield

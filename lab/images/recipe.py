@@ -78,6 +78,7 @@ def recipes(root: Path | None = None) -> dict[str, Recipe]:
         name="hypervisor",
         packages=tuple(read_packages(root / "hypervisor.packages")),
         setup_script="hypervisor-setup.sh",
+        files=("lab-os",),
         parent=base,
     )
     service = Recipe(

@@ -9,3 +9,14 @@ cat > /etc/ganeti/file-storage-paths <<'PATHS'
 PATHS
 # The lab's volume group is made at bring-up on the machine's own second disk, never baked.
 # Ganeti's daemons start at boot (node daemon waits for a cluster).
+
+# The lab's own OS definition (os "lab+lazy" / "lab+eager"): instances with a real ext4
+# filesystem and a marker, whose export and import move the disk's bytes unchanged.
+os=/usr/share/ganeti/os/lab
+mkdir -p "$os"
+for step in create export import rename verify; do
+    install -m 0755 /tmp/lab-recipe/lab-os "$os/$step"
+done
+printf '20\n15\n' > "$os/ganeti_api_version"
+printf 'lazy\neager\n' > "$os/variants.list"
+: > "$os/parameters.list"

@@ -1,0 +1,185 @@
+"""Instances with real data: made with the lab's defaults, filled with known data, and their
+disks checksummed on the node that holds them, without starting them.
+
+The lab's OS definition (``lab+lazy`` / ``lab+eager``, baked into the hypervisor image) puts
+a real ext4 filesystem with a marker on disk 0; ``write_data`` adds a file of known content to
+that filesystem; ``disk_checksum`` reads the whole disk's sha256 where it lives. Equal
+checksums before and after a move, an upgrade or a roll are the proof that nothing was lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab.errors import LabError
+from lab.ganeti.cluster import Cluster
+from lab.ganeti.jobs import JobSet
+from lab.ganeti.rapi import Job, RapiError
+from lab.remote import Machine
+
+log = logging.getLogger("lab.ganeti.instances")
+
+LAB_OS = "lab+lazy"
+DISK_MIB = 256           # within the lab's instance policy (lab/ganeti/bootstrap.py)
+MEMORY_MIB = 128
+JOB_TIMEOUT = 900
+
+
+class InstanceDataError(LabError):
+    """An instance's disk could not be reached or read."""
+
+
+@dataclass(frozen=True)
+class DiskLocation:
+    node: str      # the node's short name (a lab machine)
+    path: str      # the disk's device or file on that node
+
+
+def disk_location(cluster: Cluster, instance: str, index: int = 0) -> DiskLocation:
+    """Where disk ``index`` of ``instance`` lives on its primary node (any template).
+
+    `gnt-instance activate-disks` is Ganeti's own answer ("node:disk/N:path"); it also makes
+    the disk reachable when the instance is down (a plain LV, a DRBD device)."""
+    out = cluster.gnt(f"gnt-instance activate-disks {shlex.quote(instance)}", timeout=600)
+    for line in out.splitlines():
+        parts = line.strip().split(":", 2)
+        if len(parts) == 3 and parts[1] == f"disk/{index}":
+            return DiskLocation(parts[0].split(".")[0], parts[2])
+    raise InstanceDataError(f"{cluster.name}: Ganeti did not say where disk {index} of "
+                            f"{instance} is:\n{out.strip()}",
+                            f"`gnt-instance info {instance}` on the master shows its disks")
+
+
+def disk_checksum(cluster: Cluster, instance: str, index: int = 0) -> str:
+    """sha256 of the whole disk, read on the node that holds it."""
+    where = disk_location(cluster, instance, index)
+    node = cluster.lab.machine(where.node)
+    out = node.succeed(f"sha256sum {shlex.quote(where.path)}", timeout=1800)
+    return out.split()[0]
+
+
+def write_data(cluster: Cluster, instance: str, mib: int = 4, seed: str | None = None) -> str:
+    """Put a file of known content (``mib`` MiB derived from ``seed``) into the instance's
+    filesystem on disk 0, with the instance down; returns the file's sha256.
+
+    The content is generated on the node from the seed, so nothing large crosses SSH."""
+    seed = seed or instance
+    info = cluster.rapi.instance(instance)
+    if info.get("hypervisor") != "fake" and info.get("oper_state"):
+        raise InstanceDataError(f"{instance} is running on {info.get('pnode')}: its filesystem "
+                                "must not be mounted twice", "shut the instance down first")
+    where = disk_location(cluster, instance)
+    node = cluster.lab.machine(where.node)
+    disk = shlex.quote(where.path)
+    make = _known_content(mib, seed)
+    script = (
+        "set -eu; mnt=$(mktemp -d); trap 'umount \"$mnt\" 2>/dev/null; rmdir \"$mnt\"' EXIT; "
+        f"if [ -b {disk} ]; then mount {disk} \"$mnt\"; else mount -o loop {disk} \"$mnt\"; fi; "
+        f"mkdir -p \"$mnt/var/lib/lab\"; {make} > \"$mnt/var/lib/lab/data\"; "
+        "sha256sum \"$mnt/var/lib/lab/data\" | cut -d' ' -f1; umount \"$mnt\""
+    )
+    return node.succeed(script, timeout=600).strip()
+
+
+def read_marker(cluster: Cluster, instance: str) -> dict[str, str]:
+    """The marker the lab OS wrote at create (instance, variant, hypervisor)."""
+    where = disk_location(cluster, instance)
+    node = cluster.lab.machine(where.node)
+    disk = shlex.quote(where.path)
+    out = node.succeed(
+        "set -eu; mnt=$(mktemp -d); trap 'umount \"$mnt\" 2>/dev/null; rmdir \"$mnt\"' EXIT; "
+        f"if [ -b {disk} ]; then mount -o ro {disk} \"$mnt\"; "
+        f"else mount -o loop,ro {disk} \"$mnt\"; fi; cat \"$mnt/var/lib/lab/marker\"")
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+@dataclass
+class InstanceFactory:
+    """Instances made with the lab's defaults: a name from the lab's DNS plan, a small disk
+    within the instance policy, the lab OS, the fake hypervisor unless told otherwise.
+    ``remove_all`` (the fixture calls it after the test) removes what it made."""
+
+    cluster: Cluster
+    made: list[str] = field(default_factory=list)
+
+    def free_name(self) -> str:
+        taken = {i["name"] for i in self.cluster.rapi.instances()} | set(self.made)
+        for short in self.cluster.lab.plan.instance_names:
+            name = f"{short}.lab"
+            if name not in taken:
+                return name
+        raise LabError(f"every instance name of lab {self.cluster.lab.name} is in use",
+                       "remove instances, or raise spec.INSTANCE_NAMES")
+
+    def create(self, template: str = "plain", *, tags: list[str] | None = None,
+               **options: Any) -> str:
+        """Create one instance and wait for it; returns its name. ``options``: ``name``,
+        ``hypervisor`` (fake), ``os`` (lab+lazy), ``disk_mib``, ``memory_mib``, ``start``
+        (False), ``pnode`` (the master unless an ``iallocator`` is given), ``snode``, and
+        any other field of RAPI's instance creation."""
+        name, submit = self._creation(template, **options)
+        submit().wait(timeout=JOB_TIMEOUT)
+        if tags:
+            self.cluster.rapi.add_tags("instance", name, tags).wait(timeout=JOB_TIMEOUT)
+        log.info("%s: instance %s (%s)", self.cluster.name, name, template)
+        return name
+
+    def submit(self, jobs: JobSet, template: str = "plain", **options: Any) -> str:
+        """Submit a creation into ``jobs`` (waited for with the rest); returns the name."""
+        name, submit = self._creation(template, **options)
+        jobs.submit(name, submit)
+        return name
+
+    def _creation(self, template: str, *, name: str | None = None, hypervisor: str = "fake",
+                  os: str = LAB_OS, disk_mib: int = DISK_MIB, memory_mib: int = MEMORY_MIB,
+                  start: bool = False, pnode: str | None = None, snode: str | None = None,
+                  **extra: Any) -> tuple[str, Callable[[], Job]]:
+        name = name or self.free_name()
+        if pnode is None and "iallocator" not in extra:
+            pnode = self.cluster.plan.master
+        if template == "drbd" and snode is None:
+            snode = next(n for n in self.cluster.plan.nodes if n != pnode)
+        self.made.append(name)  # before submitting: a half-made instance is removed too
+        return name, lambda: self.cluster.rapi.create_instance(
+            name, disk_template=template, disks=[{"size": disk_mib}], nics=[{}], os=os,
+            hypervisor=hypervisor, pnode=pnode, snode=snode,
+            beparams={"memory": memory_mib, "vcpus": 1}, start=start, **extra)
+
+    def remove_all(self) -> list[str]:
+        """Remove every instance this factory made that still exists; returns the names."""
+        try:
+            present = {i["name"] for i in self.cluster.rapi.instances()}
+        except RapiError as exc:  # a test that broke its cluster; the next reset restores it
+            log.warning("%s: cannot list instances to remove %s: %s", self.cluster.name,
+                        ", ".join(self.made), exc)
+            return []
+        removed = []
+        for name in reversed(self.made):
+            if name in present:
+                try:
+                    self.cluster.rapi.remove_instance(name, shutdown_timeout=0).wait(
+                        timeout=JOB_TIMEOUT)
+                    removed.append(name)
+                except RapiError as exc:
+                    log.warning("%s: removing %s failed: %s", self.cluster.name, name, exc)
+        self.made.clear()
+        return removed
+
+
+def seeded_checksum(mib: int, seed: str, node: Machine) -> str:
+    """The sha256 ``write_data`` produces for (``mib``, ``seed``), computed on ``node``."""
+    return node.succeed(f"{_known_content(mib, seed)} | sha256sum | cut -d' ' -f1").strip()
+
+
+def _known_content(mib: int, seed: str) -> str:
+    """A shell pipeline printing ``mib`` MiB that depend only on ``seed`` (a keystream)."""
+    return (f"openssl enc -aes-128-ctr -nosalt -pass pass:{shlex.quote(seed)} -pbkdf2 "
+            f"-in /dev/zero 2>/dev/null | head -c {mib * 2**20}")
+
+
+__all__ = ["DiskLocation", "InstanceFactory", "disk_checksum", "disk_location", "read_marker",
+           "seeded_checksum", "write_data"]
