@@ -83,3 +83,15 @@ def _hypervisor(lab: Lab, m: Machine, known: str, node_key: str, node_pub: str,
                  f"deb [trusted=yes] http://{service}/ ./\n")
 
 
+
+
+def resettle(lab: Lab, name: str) -> None:
+    """Settle one hypervisor again after its root disk was replaced: its names, its storage
+    and mount, root SSH to and from every other node (whose known_hosts get its new keys)."""
+    m = lab.machine(name)
+    m.write_file("/etc/hosts", hosts_file(lab.plan))
+    known = _known_hosts(lab)
+    lab.on_all(lambda other: other.write_file("/root/.ssh/known_hosts", known), lab.hypervisors)
+    vgs = {c.vg_name for clusters in lab.plan.layouts.values() for c in clusters}
+    _hypervisor(lab, m, known, (lab.dir / "node_ed25519").read_text(),
+                (lab.dir / "node_ed25519.pub").read_text().strip(), vgs)

@@ -21,6 +21,7 @@ import libvirt
 
 from lab import virt
 from lab.errors import LabError
+from lab.reimage import reimaged_since
 
 if TYPE_CHECKING:
     from lab.machines import Lab
@@ -109,6 +110,13 @@ def restore(lab: Lab, name: str, ssh_timeout: float = 180.0) -> Snapshot:
         raise LabError(f"lab {lab.name} has no snapshot {name!r}",
                        f"existing: {', '.join(index) or 'none'}; save one with "
                        "`ganeti-lab snapshot save NAME`")
+    gone = reimaged_since(lab, index[name].created)
+    if gone:
+        raise LabError(f"snapshot {name!r} of lab {lab.name} was saved before "
+                       + ", ".join(f"{m} was re-imaged ({when})" for m, when in gone.items())
+                       + ": it cannot bring the old root disk back",
+                       "save a new snapshot after the re-image, or destroy the lab and bring "
+                       "it up again")
     lab.close()  # every SSH session dies with the state it belonged to
     with virt.connect() as conn:
         domains = _domains(conn, lab)
