@@ -74,27 +74,30 @@ def write_data(cluster: Cluster, instance: str, mib: int = 4, seed: str | None =
                                 "must not be mounted twice", "shut the instance down first")
     where = disk_location(cluster, instance)
     node = cluster.lab.machine(where.node)
-    disk = shlex.quote(where.path)
     make = _known_content(mib, seed)
-    script = (
-        "set -eu; mnt=$(mktemp -d); trap 'umount \"$mnt\" 2>/dev/null; rmdir \"$mnt\"' EXIT; "
-        f"if [ -b {disk} ]; then mount {disk} \"$mnt\"; else mount -o loop {disk} \"$mnt\"; fi; "
-        f"mkdir -p \"$mnt/var/lib/lab\"; {make} > \"$mnt/var/lib/lab/data\"; "
-        "sha256sum \"$mnt/var/lib/lab/data\" | cut -d' ' -f1; umount \"$mnt\""
-    )
-    return node.succeed(script, timeout=600).strip()
+    return node.succeed(_on_mounted(where.path, (
+        "mkdir -p \"$mnt/var/lib/lab\"; "
+        f"{make} > \"$mnt/var/lib/lab/data\"; sync \"$mnt/var/lib/lab/data\"; "
+        "sha256sum \"$mnt/var/lib/lab/data\" | cut -d' ' -f1")), timeout=600).strip()
 
 
 def read_marker(cluster: Cluster, instance: str) -> dict[str, str]:
     """The marker the lab OS wrote at create (instance, variant, hypervisor)."""
     where = disk_location(cluster, instance)
     node = cluster.lab.machine(where.node)
-    disk = shlex.quote(where.path)
-    out = node.succeed(
-        "set -eu; mnt=$(mktemp -d); trap 'umount \"$mnt\" 2>/dev/null; rmdir \"$mnt\"' EXIT; "
-        f"if [ -b {disk} ]; then mount -o ro {disk} \"$mnt\"; "
-        f"else mount -o loop,ro {disk} \"$mnt\"; fi; cat \"$mnt/var/lib/lab/marker\"")
+    out = node.succeed(_on_mounted(where.path, "cat \"$mnt/var/lib/lab/marker\"",
+                                   read_only=True))
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def _on_mounted(path: str, body: str, read_only: bool = False) -> str:
+    """A script that runs ``body`` with the filesystem of disk ``path`` mounted at $mnt (a
+    block device directly, a file through a loop device) and unmounts it whatever happens."""
+    disk, mode = shlex.quote(path), "ro" if read_only else "rw"
+    return ("set -eu; mnt=$(mktemp -d); "
+            "trap 'umount \"$mnt\" 2>/dev/null || true; rmdir \"$mnt\"' EXIT; "
+            f"if [ -b {disk} ]; then mount -o {mode} {disk} \"$mnt\"; "
+            f"else mount -o loop,{mode} {disk} \"$mnt\"; fi; {body}")
 
 
 @dataclass
