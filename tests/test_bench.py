@@ -238,7 +238,7 @@ class _FakeLab:
         self.name, self.accelerator, self.log = name, "tcg: fake", []
         self.plan = SimpleNamespace(
             topology=topo.source, console_dir="/nowhere",
-            layouts={k: [SimpleNamespace(name=c.name) for c in v]
+            layouts={k: [SimpleNamespace(name=c.name, version=c.version) for c in v]
                      for k, v in topo.layouts.items()})
         self.hypervisors = [_FakeMachine(m.name, self.log) for m in topo.hypervisors]
 
@@ -341,7 +341,7 @@ def test_run_bench_assembles_every_section_with_fakes(faked: dict[str, list[str]
     assert set(lab["bootstrap_two_clusters"]["clusters"]) == {"rack1", "rack2"}
     assert len(lab["per_test_reset_samples"]) == bench.RESET_SAMPLES
     assert lab["verify_after_restore"] == {"cluster1": {"ok": True, "warnings": 1}}
-    assert faked["restores"] == ["cluster-one-cluster"] * (1 + bench.RESET_SAMPLES)
+    assert faked["restores"] == ["cluster-one-cluster-3.0"] * (1 + bench.RESET_SAMPLES)
 
     base = doc["baseline"]
     assert "error" not in base, base.get("error")

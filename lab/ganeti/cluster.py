@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +14,15 @@ from lab.ganeti import gnt, versions
 from lab.ganeti.rapi import RapiClient
 from lab.remote import Machine
 
+log = logging.getLogger("lab.ganeti.cluster")
+
 if TYPE_CHECKING:
     from lab.machines import Lab
     from lab.spec import ClusterPlan
 
 RAPI_USER = "lab-admin"
+# Ganeti's RPC client giving up on a node daemon that answers too slowly.
+RPC_TIMEOUT = re.compile(r"Error 28|timed out|[Tt]imeout")
 
 
 @dataclass
@@ -80,12 +85,26 @@ class Cluster:
     def query(self, command: str, fields: list[str], *names: str) -> list[dict[str, str]]:
         return gnt.query(self.master, command, fields, *names)
 
-    def verify(self) -> Verify:
-        result = self.master.run("gnt-cluster verify", timeout=900)
-        lines = (result.stdout + result.stderr).splitlines()
-        errors = [ln for ln in lines if re.search(r"\bERROR\b", ln)]
-        warnings = [ln for ln in lines if re.search(r"\bWARNING\b", ln)]
-        return Verify(result.ok and not errors, errors, warnings, result.stdout + result.stderr)
+    def verify(self, attempts: int = 2) -> Verify:
+        """`gnt-cluster verify`. Under emulation (TCG) a node daemon can answer an RPC too
+        slowly ("Error 28: SSL connection timeout"), and verify then also reports what those
+        answers would have carried (file checksums, SSH setup). When a run's errors include
+        such a timeout, verify runs again (logged), up to ``attempts`` times; a run without
+        one is final."""
+        for attempt in range(1, attempts + 1):
+            result = self.master.run("gnt-cluster verify", timeout=900)
+            lines = (result.stdout + result.stderr).splitlines()
+            errors = [ln for ln in lines if re.search(r"\bERROR\b", ln)]
+            warnings = [ln for ln in lines if re.search(r"\bWARNING\b", ln)]
+            verdict = Verify(result.ok and not errors, errors, warnings,
+                             result.stdout + result.stderr)
+            timeouts = [e.strip() for e in errors if RPC_TIMEOUT.search(e)]
+            if verdict.ok or attempt == attempts or not timeouts:
+                return verdict
+            log.warning("%s: gnt-cluster verify could not reach node daemons in time (%s; "
+                        "%d errors in all, the others follow from missing answers); verifying "
+                        "again", self.name, timeouts[0], len(errors))
+        return verdict
 
     def versions(self) -> dict[str, str]:
         """The Ganeti each node runs, e.g. ``{"node1.lab": "3.1 (3.1.0~rc2-3~bpo12+1)"}``:
