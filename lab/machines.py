@@ -295,15 +295,17 @@ class Lab:
         try:
             self._vagrant().up(provider="libvirt")
         except Exception:
-            if stalled:
-                raise LabError(f"lab {self.name}: `vagrant up` made no progress for "
-                               f"{stall_seconds():.0f} s and was stopped:\n{stalled[0]}",
-                               f"read {keep_failure_logs(self)} (vagrant.log, console logs)"
-                               ) from None
-            raise self._vagrant_failed("up") from None
+            if not stalled:
+                raise self._vagrant_failed("up") from None
         finally:
             done.set()
             watcher.join()
+        # Checked after the call too: the watchdog's wait for the stopped `vagrant` may reap
+        # it first, and subprocess then takes the lost exit status for success.
+        if stalled:
+            raise LabError(f"lab {self.name}: `vagrant up` made no progress for "
+                           f"{stall_seconds():.0f} s and was stopped:\n{stalled[0]}",
+                           f"read {keep_failure_logs(self)} (vagrant.log, console logs)")
 
     def _stall_report(self, states: dict[str, str]) -> str:
         text = (self.dir / "vagrant.log").read_text(errors="replace") \
