@@ -17,6 +17,7 @@ from lab.ganeti.instances import (
     seeded_checksum,
     write_data,
 )
+from lab.ganeti.jobs import JobSet
 from lab.ganeti.rapi import RapiAuthError, RapiClient, RapiError
 from lab.ganeti.versions import VersionError
 from lab.machines import Lab
@@ -111,28 +112,35 @@ def test_renew_crypto_rapi_certificate_alone_replaces_the_certificate(cluster: C
 
 
 @pytest.mark.lab(layout="one-cluster")
-@pytest.mark.parametrize("template", ["plain", "file", "sharedfile"])
 def test_instances_with_real_data(lab_reset: Lab, cluster: Cluster,
-                                  instances: InstanceFactory, template: str) -> None:
-    """The lab OS makes a real filesystem; known data goes in and the disk's checksum is read
-    where the disk lives, without starting the instance."""
-    variant = "eager" if template == "plain" else "lazy"
-    name = instances.create(template, os=f"lab+{variant}")
-    marker = read_marker(cluster, name)
-    assert marker == {"instance": name, "variant": variant, "hypervisor": "fake"}
-    assert cluster.rapi.instance(name)["status"] == "ADMIN_down"
-    before = disk_checksum(cluster, name)
-    written = write_data(cluster, name, mib=2, seed="lab-seed")
-    assert written == seeded_checksum(2, "lab-seed", cluster.master)
-    after = disk_checksum(cluster, name)
-    assert after != before and disk_checksum(cluster, name) == after  # changed, then stable
+                                  instances: InstanceFactory) -> None:
+    """The lab OS makes a real filesystem on `plain`, `file` and `sharedfile` disks (created
+    as one job set); known data goes in and each disk's checksum is read where it lives,
+    without starting the instance."""
+    jobs = JobSet(cluster.rapi)
+    made = {template: instances.submit(jobs, template, os=f"lab+{variant}")
+            for template, variant in (("plain", "eager"), ("file", "lazy"),
+                                      ("sharedfile", "lazy"))}
+    jobs.wait()
+    jobs.raise_for_failures()
+    expected = seeded_checksum(2, "lab-seed", cluster.master)
+    for template, name in made.items():
+        variant = "eager" if template == "plain" else "lazy"
+        assert read_marker(cluster, name) == {"instance": name, "variant": variant,
+                                              "hypervisor": "fake"}, template
+        assert cluster.rapi.instance(name)["status"] == "ADMIN_down"
+        before = disk_checksum(cluster, name)
+        assert write_data(cluster, name, mib=2, seed="lab-seed") == expected, template
+        after = disk_checksum(cluster, name)
+        assert after != before and disk_checksum(cluster, name) == after, template
     # The OS definition's export and import move the disk's bytes unchanged.
-    where = disk_location(cluster, name)
+    where = disk_location(cluster, made["plain"])
     node = lab_reset.machine(where.node)
-    copy = f"/root/{name}.copy"
+    copy = "/root/export-import.copy"
     node.succeed(f"EXPORT_DISK_PATH={where.path} /usr/share/ganeti/os/lab/export | "
                  f"IMPORT_DISK_PATH={copy} /usr/share/ganeti/os/lab/import && "
-                 f"test $(sha256sum < {copy} | cut -d' ' -f1) = {after}; rm -f {copy}")
+                 f"test $(sha256sum < {copy} | cut -d' ' -f1) = "
+                 f"{disk_checksum(cluster, made['plain'])}; rm -f {copy}")
 
 
 @pytest.mark.lab(layout="one-cluster")
