@@ -131,8 +131,7 @@ def test_instances_with_real_data(lab_reset: Lab, cluster: Cluster,
         assert cluster.rapi.instance(name)["status"] == "ADMIN_down"
         before = disk_checksum(cluster, name)
         assert write_data(cluster, name, mib=2, seed="lab-seed") == expected, template
-        after = disk_checksum(cluster, name)
-        assert after != before and disk_checksum(cluster, name) == after, template
+        assert disk_checksum(cluster, name) != before, template
     # The OS definition's export and import move the disk's bytes unchanged.
     where = disk_location(cluster, made["plain"])
     node = lab_reset.machine(where.node)

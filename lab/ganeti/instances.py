@@ -24,7 +24,7 @@ from lab.remote import Machine
 log = logging.getLogger("lab.ganeti.instances")
 
 LAB_OS = "lab+lazy"
-DISK_MIB = 256           # within the lab's instance policy (lab/ganeti/bootstrap.py)
+DISK_MIB = 64            # the instance policy's minimum (lab/ganeti/bootstrap.py): quick checksums
 MEMORY_MIB = 128
 JOB_TIMEOUT = 900
 
