@@ -13,6 +13,8 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +60,17 @@ def _domains(conn: libvirt.virConnect, lab: Lab) -> list[libvirt.virDomain]:
                        "bring it up again (`ganeti-lab up`) or destroy it") from None
 
 
+def _on_each(domains: list[libvirt.virDomain],
+             action: Callable[[libvirt.virDomain], object]) -> None:
+    """``action`` on every domain at once: libvirt runs jobs of different domains in
+    parallel, and each writes or reads back its own memory image (seconds per domain).
+    Every action ends before the first failure is raised."""
+    with ThreadPoolExecutor(max_workers=len(domains) or 1) as pool:
+        futures = [pool.submit(action, dom) for dom in domains]
+    for future in futures:
+        future.result()
+
+
 def list_snapshots(lab: Lab) -> list[Snapshot]:
     return sorted(_index(lab).values(), key=lambda s: s.created)
 
@@ -86,8 +99,7 @@ def save(lab: Lab, name: str, meta: dict[str, Any] | None = None, replace: bool 
                 if dom.isActive() and dom.state()[0] != libvirt.VIR_DOMAIN_PAUSED:
                     dom.suspend()
                     paused.append(dom)
-            for dom in domains:
-                dom.snapshotCreateXML(xml, 0)
+            _on_each(domains, lambda dom: dom.snapshotCreateXML(xml, 0))
         except libvirt.libvirtError as exc:
             raise LabError(f"snapshot {name!r} of lab {lab.name} failed: {exc}",
                            "internal snapshots need qcow2 disks and a running libvirtd") from None
@@ -121,9 +133,8 @@ def restore(lab: Lab, name: str, ssh_timeout: float = 180.0) -> Snapshot:
     with virt.connect() as conn:
         domains = _domains(conn, lab)
         try:
-            for dom in domains:
-                dom.revertToSnapshot(dom.snapshotLookupByName(name, 0),
-                                     libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED)
+            _on_each(domains, lambda dom: dom.revertToSnapshot(
+                dom.snapshotLookupByName(name, 0), libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED))
             for dom in domains:
                 if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                     dom.resume()

@@ -186,6 +186,24 @@ def test_images_lists_published_images(store: ImageStore) -> None:
     assert image.size_bytes == 100 + (image.path / "manifest.json").stat().st_size
 
 
+def test_adopt_takes_a_missing_image_from_another_cache_once(store: ImageStore,
+                                                            tmp_path: Path) -> None:
+    built_elsewhere = ImageStore(tmp_path / "elsewhere")
+    source = fake_image(built_elsewhere, "hypervisor", KEY)
+    assert store.adopt(built_elsewhere, "hypervisor", KEY)
+    adopted = store.get("hypervisor", KEY)
+    assert (adopted.path / "box.img").stat().st_ino == (source / "box.img").stat().st_ino
+    assert adopted.manifest == built_elsewhere.get("hypervisor", KEY).manifest
+    assert leftovers(store) == [f"hypervisor-{KEY}"]
+    assert not store.adopt(built_elsewhere, "hypervisor", KEY)  # already there: untouched
+
+
+def test_adopt_of_a_missing_source_leaves_nothing(store: ImageStore, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        store.adopt(ImageStore(tmp_path / "empty"), "service", KEY)
+    assert leftovers(store) == []
+
+
 def test_get_of_a_missing_image_names_the_build_command(store: ImageStore) -> None:
     with pytest.raises(LabError) as info:
         store.get("hypervisor", KEY)

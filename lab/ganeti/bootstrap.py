@@ -149,6 +149,7 @@ def _bootstrap(lab: Lab, cp: ClusterPlan, timings: Timings | None,
         with maybe_phase(timings, f"{cp.name}: prepare {len(nodes)} nodes"):
             password = _rapi_secrets(cluster)
             lab.on_all(lambda m: _prepare_node(cluster, m, password), nodes)
+        _log_rpc_connect_timeout(cluster)
         with maybe_phase(timings, f"{cp.name}: gnt-cluster init"):
             cluster.gnt(_init_command(cluster), timeout=1200)
         with maybe_phase(timings, f"{cp.name}: RAPI certificate for {cp.fqdn}"):
@@ -209,6 +210,17 @@ def _prepare_node(cluster: Cluster, m: Machine, password: str) -> None:
     m.succeed("mkdir -p /var/lib/ganeti/rapi")
     m.write_file("/var/lib/ganeti/rapi/users", f"{RAPI_USER} {{HA1}}{ha1} write\n", 0o640)
     m.succeed("chown gnt-rapi:gnt-masterd /var/lib/ganeti/rapi/users")
+
+
+def _log_rpc_connect_timeout(cluster: Cluster) -> None:
+    """The hypervisor image raises Ganeti's node RPC connect timeout (5 s upstream) for
+    emulation (lab/images/recipes/hypervisor-setup.sh says why): said on every bootstrap, with
+    the value the master's active Ganeti really has."""
+    found = cluster.master.succeed(
+        f"grep -h '^RPC_CONNECT_TIMEOUT' {versions.SHARE}/ganeti/_constants.py").strip()
+    log.warning("%s: Ganeti's node RPC connect timeout is changed by the lab's image "
+                "(%s; upstream 5 s): under TCG a busy node daemon's TLS handshake takes "
+                "longer than 5 s", cluster.plan.fqdn, found)
 
 
 def _rapi_on_cluster_ip(cluster: Cluster, m: Machine) -> None:

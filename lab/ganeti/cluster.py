@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 RAPI_USER = "lab-admin"
 # Ganeti's RPC client giving up on a node daemon that answers too slowly.
 RPC_TIMEOUT = re.compile(r"Error 28|timed out|[Tt]imeout")
+# A node still holding an older copy of a file the master distributes.
+FILE_BEHIND = re.compile(r"File \S+ found with \d+ different checksums")
 
 
 @dataclass
@@ -86,11 +88,16 @@ class Cluster:
         return gnt.query(self.master, command, fields, *names)
 
     def verify(self, attempts: int = 2) -> Verify:
-        """`gnt-cluster verify`. Under emulation (TCG) a node daemon can answer an RPC too
-        slowly ("Error 28: SSL connection timeout"), and verify then also reports what those
-        answers would have carried (file checksums, SSH setup). When a run's errors include
-        such a timeout, verify runs again (logged), up to ``attempts`` times; a run without
-        one is final."""
+        """`gnt-cluster verify`, run again (logged) when its errors are the transient kind
+        emulation (TCG) causes, up to ``attempts`` times; a run without them is final.
+
+        - A node daemon answering an RPC too slowly ("Error 28: SSL connection timeout"):
+          verify then also reports what those answers would have carried.
+        - Only files found "with N different checksums" (config.data, ssconf): the master's
+          configuration daemon copies each change to the other nodes in the background, and a
+          copy that met such a timeout leaves a node one version behind until the next
+          change. `gnt-cluster redist-conf` copies it again before the second run.
+        """
         for attempt in range(1, attempts + 1):
             result = self.master.run("gnt-cluster verify", timeout=900)
             lines = (result.stdout + result.stderr).splitlines()
@@ -99,11 +106,19 @@ class Cluster:
             verdict = Verify(result.ok and not errors, errors, warnings,
                              result.stdout + result.stderr)
             timeouts = [e.strip() for e in errors if RPC_TIMEOUT.search(e)]
-            if verdict.ok or attempt == attempts or not timeouts:
+            behind = [e.strip() for e in errors if FILE_BEHIND.search(e)]
+            only_behind = bool(behind) and len(behind) == len(errors)
+            if verdict.ok or attempt == attempts or not (timeouts or only_behind):
                 return verdict
-            log.warning("%s: gnt-cluster verify could not reach node daemons in time (%s; "
-                        "%d errors in all, the others follow from missing answers); verifying "
-                        "again", self.name, timeouts[0], len(errors))
+            if only_behind:
+                log.warning("%s: gnt-cluster verify found nodes with an older copy of the "
+                            "cluster's files (%s); `gnt-cluster redist-conf`, then verifying "
+                            "again", self.name, behind[0])
+                self.gnt("gnt-cluster redist-conf", timeout=600)
+            else:
+                log.warning("%s: gnt-cluster verify could not reach node daemons in time "
+                            "(%s; %d errors in all, the others follow from missing answers); "
+                            "verifying again", self.name, timeouts[0], len(errors))
         return verdict
 
     def versions(self) -> dict[str, str]:

@@ -101,6 +101,23 @@ class ImageStore:
         os.replace(staging, final)
         return final
 
+    def adopt(self, other: ImageStore, name: str, key: str) -> bool:
+        """Take image ``name-key`` from another cache when this one lacks it (hard links where
+        both share a filesystem): a build made elsewhere, e.g. by a test into an empty cache,
+        is not paid for twice. Whole or not at all: it appears by a rename."""
+        with self.lock():
+            if self.has(name, key):
+                return False
+            staging = self.staging(name, key)
+            try:
+                shutil.copytree(other.path(name, key), staging, dirs_exist_ok=True,
+                                copy_function=_link_or_copy)
+                os.replace(staging, self.path(name, key))
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        return True
+
     def discard(self, staging: Path) -> None:
         """Remove a failed build's directory, refusing if anything is still mounted inside."""
         staging = staging.resolve()
@@ -132,6 +149,13 @@ class ImageStore:
                 shutil.rmtree(entry)
                 removed.append(entry)
         return removed
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
 
 
 # Vagrant ---------------------------------------------------------------------------------------
