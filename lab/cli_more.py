@@ -12,7 +12,8 @@ from rich.console import Console
 
 from lab import report
 from lab.errors import LabError
-from lab.ganeti.bootstrap import ensure_layout
+from lab.ganeti import health
+from lab.ganeti.bootstrap import clusters_of, current_layout, ensure_layout
 from lab.machines import Lab
 from lab.timings import Timings, new_run_id
 
@@ -34,6 +35,33 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
                       f"user/password in {c.state_dir / 'rapi.json'})")
     console.print(f"timings: {timings.path}")
     return 0
+
+
+def cmd_cluster_health(args: argparse.Namespace) -> int:
+    """The live layout's clusters: the quick health check, or `gnt-cluster verify` too."""
+    from lab.cli import _lab_name
+
+    lab = Lab.attach(_lab_name(args))
+    layout = current_layout(lab)
+    if layout is None:
+        raise LabError(f"lab {lab.name} runs no cluster", "form one: `ganeti-lab cluster init`")
+    healthy = True
+    for name, c in clusters_of(lab, layout).items():
+        found = health.check(c)
+        healthy &= found.ok
+        console.print(f"cluster {name}: " + ("healthy" if found.ok else "NOT healthy")
+                      + f" ({found.seconds:.1f} s)")
+        for problem in found.problems:
+            console.print(f"  {problem}")
+        if args.verify:
+            result = c.verify()
+            healthy &= result.ok
+            console.print(f"cluster {name}: gnt-cluster verify "
+                          + ("clean" if result.ok else "found errors")
+                          + f" ({len(result.warnings)} warnings)")
+            for line in result.errors:
+                console.print(f"  {line.strip()}")
+    return 0 if healthy else 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -94,6 +122,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     init.add_argument("--layout", help="layout of the topology (e.g. one-cluster)")
     init.add_argument("--runs", default="runs", help="where the timings record goes")
     init.set_defaults(fn=cmd_cluster_init)
+    check = csub.add_parser("health", help="the live layout's clusters: daemons, nodes, jobs, "
+                            "clocks, shared storage (seconds); exit 1 if unhealthy")
+    check.add_argument("--name", help="lab name")
+    check.add_argument("--verify", action="store_true", help="also run gnt-cluster verify")
+    check.set_defaults(fn=cmd_cluster_health)
 
     sp = sub.add_parser("run", help="main job: images, lab, all scenarios, timings + report")
     sp.add_argument("--topology", help="TOML file or built-in profile")

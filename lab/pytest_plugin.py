@@ -24,8 +24,9 @@ import pytest
 from lab import report
 from lab import secrets as lab_secrets
 from lab.errors import LabError
-from lab.ganeti.bootstrap import current_layout, ensure_layout, layout_snapshot
+from lab.ganeti.bootstrap import clusters_of, current_layout, ensure_layout, layout_snapshot
 from lab.ganeti.cluster import Cluster
+from lab.ganeti.health import ensure_healthy
 from lab.ganeti.instances import InstanceFactory
 from lab.hostcheck import virtualization_problem
 from lab.images import ImageStore, build_images
@@ -264,8 +265,10 @@ def lab_reset(request: pytest.FixtureRequest, lab: Lab) -> Lab:
     ensure_layout(lab, _layout(request), timings)
     layout = current_layout(lab)
     assert layout is not None
-    with timings.phase(f"reset to {layout_snapshot(lab, layout)}"):
+    with timings.phase(f"reset to {layout_snapshot(lab, layout)}") as phase:
         restore(lab, layout_snapshot(lab, layout))
+        for name, c in clusters_of(lab, layout).items():
+            phase.metric(f"health_{name}_seconds", ensure_healthy(c).seconds)
     return lab
 
 

@@ -309,6 +309,10 @@ def faked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
     monkeypatch.setattr(snapshots, "save",
                         lambda lab, name: SimpleNamespace(seconds=0.5))
     monkeypatch.setattr(snapshots, "delete", lambda lab, name: None)
+    monkeypatch.setattr("lab.bench.labs.ensure_healthy",
+                        lambda cluster: SimpleNamespace(seconds=0.1))
+    monkeypatch.setattr("lab.bench.labs.wait_rapi", lambda cluster: 2)
+
     def restore(lab: Any, name: str) -> None:
         calls["restores"].append(name)
         time.sleep(0.002)
@@ -341,7 +345,9 @@ def test_run_bench_assembles_every_section_with_fakes(faked: dict[str, list[str]
     assert set(lab["bootstrap_two_clusters"]["clusters"]) == {"rack1", "rack2"}
     assert len(lab["per_test_reset_samples"]) == bench.RESET_SAMPLES
     assert lab["verify_after_restore"] == {"cluster1": {"ok": True, "warnings": 1}}
-    assert faked["restores"] == ["cluster-one-cluster-3.0"] * (1 + bench.RESET_SAMPLES)
+    assert faked["restores"] == ["cluster-one-cluster-3.0"] * (2 + bench.RESET_SAMPLES)
+    assert lab["restore_to_healthy_seconds"] > 0
+    assert lab["health_check_seconds"] == {"cluster1": 0.1}
 
     base = doc["baseline"]
     assert "error" not in base, base.get("error")
@@ -587,7 +593,8 @@ def test_smoke_smallest_bench_on_a_tiny_lab(lab_host: ImageStore, tmp_path: Path
     assert lab["hypervisors"] == 1
     for key in ("cold_start_to_ssh_seconds", "prepare_seconds", "up_seconds",
                 "bootstrap_one_cluster_seconds", "snapshot_save_seconds",
-                "restore_to_verified_cluster_seconds", "per_test_reset_seconds",
+                "restore_to_healthy_seconds", "restore_to_verified_cluster_seconds",
+                "per_test_reset_seconds",
                 "destroy_seconds"):
         assert lab[key] > 0, key
     assert lab["cold_start_to_ssh_seconds"] >= lab["up_seconds"]

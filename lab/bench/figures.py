@@ -152,6 +152,7 @@ _COUNTERPARTS: tuple[tuple[str, str, str], ...] = (
     ("lab.bootstrap_two_clusters_seconds", *_REBUILD),
     ("lab.snapshot_save_seconds", "baseline.total_seconds",
      "what a saved state spares: the usual way keeps none, so getting back to it is a rebuild"),
+    ("lab.restore_to_healthy_seconds", *_REBUILD),
     ("lab.restore_to_verified_cluster_seconds", *_REBUILD),
     ("lab.per_test_reset_seconds", *_REBUILD),
 )

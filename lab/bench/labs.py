@@ -24,7 +24,8 @@ from lab.bench.cleanup import (
 from lab.bench.figures import _bootstrap_figures, _error, _r, _timed, median, skip_reason
 from lab.bench.topologies import SCALE_LAYOUT, SCALE_MEMORY_MIB, SCALE_SIZES, scaling_topology_text
 from lab.errors import LabError
-from lab.ganeti.bootstrap import clusters_of, ensure_layout, layout_snapshot
+from lab.ganeti.bootstrap import clusters_of, ensure_layout, layout_snapshot, wait_rapi
+from lab.ganeti.health import ensure_healthy
 from lab.images import ImageStore
 from lab.images.recipe import recipes
 from lab.machines import Lab
@@ -103,11 +104,18 @@ def _lab_extras(timings: Timings) -> Callable[[Lab, dict[str, Any]], None]:
         doc["verify_after_restore"] = {n: {"ok": v.ok, "warnings": len(v.warnings)}
                                        for n, v in verified.items()}
 
+        with _timed(doc, "restore_to_healthy_seconds"):
+            snapshots.restore(lab, layout_snapshot(lab, layout))
+            checks = {n: ensure_healthy(c) for n, c in clusters_of(lab, layout).items()}
+        doc["health_check_seconds"] = {n: h.seconds for n, h in checks.items()}
+
         samples: list[float] = []
         with _timed(doc, "per_test_reset_seconds"):
             for _ in range(RESET_SAMPLES):
                 started = time.monotonic()
                 snapshots.restore(lab, layout_snapshot(lab, layout))
+                for c in clusters_of(lab, layout).values():
+                    wait_rapi(c)
                 samples.append(time.monotonic() - started)
         doc["per_test_reset_samples"] = [_r(s) for s in samples]
         doc["per_test_reset_seconds"] = median(samples)
@@ -132,7 +140,9 @@ def lab_section(topo: topology.Topology, store: ImageStore, timings: Timings
         "bootstrap_one_cluster_seconds = ensure_layout of the default layout: saves the "
         "'booted' snapshot, forms the clusters (init, node adds, RAPI, verify) and saves the "
         "layout snapshot. per_test_reset_seconds = snapshots.restore of the layout snapshot "
-        f"(median of {RESET_SAMPLES}); restore_to_verified_cluster_seconds adds "
+        "until every machine answers SSH and each cluster's RAPI answers "
+        f"(median of {RESET_SAMPLES}); restore_to_healthy_seconds adds the health check "
+        "(lab/ganeti/health.py) instead; restore_to_verified_cluster_seconds adds "
         "gnt-cluster verify. bootstrap_two_clusters_seconds = ensure_layout('two-clusters'): "
         "restores 'booted', forms both clusters at once, saves their snapshot.")
     return doc

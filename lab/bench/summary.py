@@ -85,6 +85,10 @@ def rows(doc: dict[str, Any]) -> list[Row]:
         ("two-cluster bootstrap from the \"booted\" snapshot",
          _s(doc, "lab.bootstrap_two_clusters_seconds")),
         ("whole-lab snapshot save", _s(doc, "lab.snapshot_save_seconds")),
+        *([("restore to a healthy cluster (restore + health check)",
+            _s(doc, "lab.restore_to_healthy_seconds"))]
+          # documents of runs before the health check existed have no such figure
+          if "restore_to_healthy_seconds" in lab else []),
         ("restore to a verified cluster (restore + gnt-cluster verify)",
          _s(doc, "lab.restore_to_verified_cluster_seconds")),
         ("per-test reset (median)", _s(doc, "lab.per_test_reset_seconds")),

@@ -21,6 +21,7 @@ from lab.errors import LabError
 from lab.ganeti import gnt, versions
 from lab.ganeti.certs import rapi_certificate
 from lab.ganeti.cluster import RAPI_USER, Cluster
+from lab.ganeti.health import ensure_healthy
 from lab.ganeti.rapi import RapiError
 from lab.remote import Machine
 from lab.settle import SHARED_MOUNT
@@ -78,7 +79,7 @@ def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None =
         _set_layout(lab, layout)
         clusters = clusters_of(lab, layout)
         for c in clusters.values():
-            wait_rapi(c)
+            ensure_healthy(c)
         return clusters
     if current_layout(lab) is not None:
         if not snapshots.has(lab, BOOTED_SNAPSHOT):
@@ -105,6 +106,10 @@ def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None =
                       str(exc).splitlines()[0] if str(exc) else exc)
         raise
     with maybe_phase(timings, f"save snapshot {layout_snapshot(lab, layout)}"):
+        # A job that is still copying its final state to the other nodes when the cut is
+        # taken would go on after every restore, with the clock jumped: wait for quiet.
+        for c in clusters.values():
+            ensure_healthy(c, timeout=300)
         snapshots.save(lab, layout_snapshot(lab, layout),
                        meta={"layout": layout, "versions": {cp.name: cp.version for cp in
                                                             lab.plan.layouts[layout]}})

@@ -18,7 +18,7 @@ from typing import Any
 from lab.errors import LabError
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.jobs import JobSet
-from lab.ganeti.rapi import Job, RapiError
+from lab.ganeti.rapi import Job, RapiError, instance_creation
 from lab.remote import Machine
 
 log = logging.getLogger("lab.ganeti.instances")
@@ -137,20 +137,40 @@ class InstanceFactory:
         jobs.submit(name, submit)
         return name
 
-    def _creation(self, template: str, *, name: str | None = None, hypervisor: str = "fake",
-                  os: str = LAB_OS, disk_mib: int = DISK_MIB, memory_mib: int = MEMORY_MIB,
-                  start: bool = False, pnode: str | None = None, snode: str | None = None,
-                  **extra: Any) -> tuple[str, Callable[[], Job]]:
+    def submit_multi_alloc(self, jobs: JobSet, specs: list[dict[str, Any]], *,
+                           iallocator: str | None = None) -> list[str]:
+        """One `/2/instances-multi-alloc` request creating one instance per spec (each spec:
+        ``template`` and ``create``'s options; nodes as ``create`` chooses them unless
+        ``iallocator`` places them all). ``jobs`` follows the request into each instance's own
+        creation job. Returns the names, in the order of ``specs``."""
+        # Ganeti takes the allocator for the whole request, never per instance.
+        planned = [self._plan(spec.get("template", "plain"),
+                              placed_by_allocator=iallocator is not None,
+                              **{k: v for k, v in spec.items() if k != "template"})
+                   for spec in specs]
+        jobs.submit_multi_alloc([instance_creation(name, **fields) for name, fields in planned],
+                                iallocator=iallocator)
+        return [name for name, _ in planned]
+
+    def _creation(self, template: str, **options: Any) -> tuple[str, Callable[[], Job]]:
+        name, fields = self._plan(template, **options)
+        return name, lambda: self.cluster.rapi.create_instance(name, **fields)
+
+    def _plan(self, template: str, *, name: str | None = None, hypervisor: str = "fake",
+              os: str = LAB_OS, disk_mib: int = DISK_MIB, memory_mib: int = MEMORY_MIB,
+              start: bool = False, pnode: str | None = None, snode: str | None = None,
+              placed_by_allocator: bool = False, **extra: Any) -> tuple[str, dict[str, Any]]:
+        """The name and the creation fields of one instance with the lab's defaults."""
         name = name or self.free_name()
-        if pnode is None and "iallocator" not in extra:
+        placed_by_allocator = placed_by_allocator or extra.get("iallocator") is not None
+        if pnode is None and not placed_by_allocator:
             pnode = self.cluster.plan.master
-        if template == "drbd" and snode is None:
+        if template == "drbd" and snode is None and pnode is not None:
             snode = next(n for n in self.cluster.plan.nodes if n != pnode)
         self.made.append(name)  # before submitting: a half-made instance is removed too
-        return name, lambda: self.cluster.rapi.create_instance(
-            name, disk_template=template, disks=[{"size": disk_mib}], nics=[{}], os=os,
-            hypervisor=hypervisor, pnode=pnode, snode=snode,
-            beparams={"memory": memory_mib, "vcpus": 1}, start=start, **extra)
+        return name, dict(disk_template=template, disks=[{"size": disk_mib}], nics=[{}], os=os,
+                          hypervisor=hypervisor, pnode=pnode, snode=snode,
+                          beparams={"memory": memory_mib, "vcpus": 1}, start=start, **extra)
 
     def remove_all(self) -> list[str]:
         """Remove every instance this factory made that still exists; returns the names."""

@@ -255,6 +255,33 @@ class Job:
             delay = min(delay * 1.5, cap)
 
 
+def instance_creation(name: str, *, disk_template: str, disks: list[dict[str, Any]],
+                      nics: list[dict[str, Any]] | None = None, os: str | None = None,
+                      pnode: str | None = None, snode: str | None = None,
+                      iallocator: str | None = None, hypervisor: str | None = None,
+                      beparams: dict[str, Any] | None = None,
+                      hvparams: dict[str, Any] | None = None,
+                      osparams: dict[str, Any] | None = None, start: bool = True,
+                      ip_check: bool = False, name_check: bool = False,
+                      conflicts_check: bool = True, wait_for_sync: bool = True,
+                      **extra: Any) -> dict[str, Any]:
+    """The fields of one instance creation, as /2/instances and each entry of
+    /2/instances-multi-alloc take them."""
+    # The checks are always sent: Ganeti defaults ip/name_check to True, which a lab without
+    # DNS for its instances cannot pass.
+    fields: dict[str, Any] = {
+        "mode": "create", "name": name, "disk_template": disk_template, "disks": disks,
+        "nics": nics if nics is not None else [{}],
+        "start": start, "ip_check": ip_check, "name_check": name_check,
+        "conflicts_check": conflicts_check, "wait_for_sync": wait_for_sync,
+    }
+    optional = dict(os=os, pnode=pnode, snode=snode, iallocator=iallocator,
+                    hypervisor=hypervisor, beparams=beparams, hvparams=hvparams,
+                    osparams=osparams, **extra)
+    fields.update({k: v for k, v in optional.items() if v is not None})
+    return fields
+
+
 class RapiClient:
     """Client for one cluster's RAPI at ``https://host:port``; ``cluster`` (the cluster's name)
     is named in every error."""
@@ -484,37 +511,17 @@ class RapiClient:
 
     # -- writes (each returns a Job) ----------------------------------------
 
-    def create_instance(self, name: str, *, disk_template: str, disks: list[dict[str, Any]],
-                        nics: list[dict[str, Any]] | None = None, os: str | None = None,
-                        pnode: str | None = None, snode: str | None = None,
-                        iallocator: str | None = None, hypervisor: str | None = None,
-                        beparams: dict[str, Any] | None = None,
-                        hvparams: dict[str, Any] | None = None,
-                        osparams: dict[str, Any] | None = None, start: bool = True,
-                        ip_check: bool = False, name_check: bool = False,
-                        conflicts_check: bool = True, wait_for_sync: bool = True,
-                        dry_run: bool = False, **extra: Any) -> Job:
-        """POST /2/instances with a version-1 body."""
-        # The checks are always sent: Ganeti defaults ip/name_check to True, which a
-        # lab without DNS for its instances cannot pass.
-        body: dict[str, Any] = {
-            "__version__": 1, "mode": "create", "name": name,
-            "disk_template": disk_template, "disks": disks,
-            "nics": nics if nics is not None else [{}],
-            "start": start, "ip_check": ip_check, "name_check": name_check,
-            "conflicts_check": conflicts_check, "wait_for_sync": wait_for_sync,
-        }
-        self._set(body, os=os, pnode=pnode, snode=snode, iallocator=iallocator,
-                  hypervisor=hypervisor, beparams=beparams, hvparams=hvparams,
-                  osparams=osparams, **extra)
+    def create_instance(self, name: str, *, dry_run: bool = False, **fields: Any) -> Job:
+        """POST /2/instances with a version-1 body (``fields``: see ``instance_creation``)."""
+        body = {"__version__": 1, **instance_creation(name, **fields)}
         return self._submit("POST", "/2/instances", [("dry-run", dry_run)], body)
 
     def create_instances_multi_alloc(self, instances: list[dict[str, Any]], *,
                                      iallocator: str | None = None,
                                      opportunistic_locking: bool | None = None,
                                      dry_run: bool = False) -> Job:
-        """``POST /2/instances-multi-alloc``: each entry takes create_instance's body fields
-        (``name``, ``disk_template``, ``disks``, ``nics``, ``os``, ...). The job's result
+        """``POST /2/instances-multi-alloc``: each entry is an ``instance_creation``. The job's
+        result
         names the allocatable and failed instances and the creation job of each."""
         body = self._set({"instances": instances}, iallocator=iallocator,
                          opportunistic_locking=opportunistic_locking)
