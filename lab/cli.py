@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from lab import snapshots, topology, virt
+from lab import rest, snapshots, topology, virt
 from lab.errors import LabError
 from lab.images import ImageStore, build_images
 from lab.images.recipe import recipes
@@ -173,6 +173,16 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if args.at:
+        if args.topology:
+            raise LabError("--at wakes an existing lab; --topology describes a new one",
+                           "drop one of them")
+        lab = Lab.attach(_lab_name(args))
+        snap = rest.wake(lab, args.at)
+        lab.keep()
+        _print_status(lab)
+        console.print(f"lab {lab.name} is up at snapshot {snap.name}")
+        return 0
     topo = _load_topology(args)
     lab = Lab.prepare(topo, args.name)
     console.print(f"lab {lab.name}: accelerator {lab.accelerator}")
@@ -181,6 +191,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     _print_status(lab)
     console.print(f"lab {lab.name} is up; `ganeti-lab ssh node1 --name {lab.name}`, "
                   f"`ganeti-lab destroy {lab.name}` when done.")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    lab = Lab.attach(_lab_name(args))
+    snap = rest.put_to_rest(lab, snapshot=args.snapshot, force=args.force)
+    console.print(f"lab {lab.name} is at rest: machines stopped, state kept as snapshot "
+                  f"{snap.name}; `ganeti-lab up --name {lab.name} --at {snap.name}` brings it "
+                  "back")
     return 0
 
 
@@ -207,6 +226,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             snaps = snapshots.list_snapshots(lab)
             if snaps:
                 console.print("snapshots: " + ", ".join(s.name for s in snaps))
+            resting = rest.at_rest(lab)
+            if resting:
+                console.print(f"at rest (state kept as snapshot {resting}): "
+                              f"`ganeti-lab up --name {name} --at {resting}` wakes it")
     return 0
 
 
@@ -324,9 +347,22 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--print-plan", action="store_true", help="print the plan file's path")
     sp.set_defaults(fn=cmd_prepare)
 
-    sp = sub.add_parser("up", help="boot a lab (all machines in parallel) and keep it")
+    sp = sub.add_parser("up", help="boot a lab (all machines in parallel) and keep it, or "
+                                   "wake a resting one (--at)")
     lab_opts(sp, topo=True)
+    sp.add_argument("--at", metavar="SNAPSHOT",
+                    help="bring an existing lab back at SNAPSHOT without a boot (the state "
+                         f"`ganeti-lab down` kept is {rest.AT_REST!r})")
     sp.set_defaults(fn=cmd_up)
+
+    sp = sub.add_parser("down", help="put a lab to rest: save its state, stop its machines "
+                                     "(memory freed; disks, snapshots and lease kept)")
+    lab_opts(sp)
+    sp.add_argument("--snapshot", default=rest.AT_REST,
+                    help=f"name of the snapshot that keeps the state (default {rest.AT_REST})")
+    sp.add_argument("--force", action="store_true",
+                    help="even if a live run (a test session) owns the lab")
+    sp.set_defaults(fn=cmd_down)
 
     sp = sub.add_parser("status", help="machines, states, addresses and snapshots of labs")
     lab_opts(sp)

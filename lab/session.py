@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from lab import topology, virt
+from lab import rest, topology, virt
 from lab.errors import LabError
 from lab.images import ImageStore, build_images
 from lab.images.recipe import ROLES, recipes
@@ -42,6 +42,10 @@ class LabSession:
             check_not_in_use(name, self.force)
             lab = Lab.attach(name)
             states = virt.domain_states(lab.plan)
+            if rest.at_rest(lab) and all(s == "shut off" for s in states.values()):
+                LeaseBook().set_owner(name, os.getpid())
+                rest.wake(lab)
+                states = virt.domain_states(lab.plan)
             if any(s != "running" for s in states.values()):
                 raise LabError(f"lab {name} cannot be reused: machines are {states}",
                                f"destroy it (`ganeti-lab destroy {name}`) or drop --lab-reuse")

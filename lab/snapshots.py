@@ -106,7 +106,7 @@ def save(lab: Lab, name: str, meta: dict[str, Any] | None = None, replace: bool 
         finally:
             for dom in paused:
                 dom.resume()
-    _keep_known_hosts(lab, name)
+    _keep_state_files(lab, name)
     snap = Snapshot(name, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     round(time.monotonic() - started, 2), [m.name for m in lab.plan.machines],
                     meta or {})
@@ -141,29 +141,38 @@ def restore(lab: Lab, name: str, ssh_timeout: float = 180.0) -> Snapshot:
         except libvirt.libvirtError as exc:
             raise LabError(f"restoring snapshot {name!r} of lab {lab.name} failed: {exc}",
                            "list snapshots with `ganeti-lab snapshot list`") from None
-    _restore_known_hosts(lab, name)
+    _restore_state_files(lab, name)
     resync_clocks(lab, ssh_timeout)
     return index[name]
 
 
-def _known_hosts_copy(lab: Lab, name: str) -> Path:
-    return lab.dir / "snapshots" / f"{name}.known_hosts"
+# Files of the lab's state directory that describe the machines' state, so they travel with
+# each snapshot: SSH host keys (Ganeti's node add replaces them) and which cluster layout the
+# machines run (written by lab.ganeti.bootstrap).
+STATE_FILES = ("known_hosts", "layout")
 
 
-def _keep_known_hosts(lab: Lab, name: str) -> None:
-    """SSH host keys are part of a machine's state (Ganeti's node add replaces them): the
-    lab's known_hosts is saved with each snapshot and comes back with it."""
-    current = lab.dir / "known_hosts"
-    if current.exists():
-        copy = _known_hosts_copy(lab, name)
+def _state_copy(lab: Lab, name: str, state_file: str) -> Path:
+    return lab.dir / "snapshots" / f"{name}.{state_file}"
+
+
+def _keep_state_files(lab: Lab, name: str) -> None:
+    for state_file in STATE_FILES:
+        current, copy = lab.dir / state_file, _state_copy(lab, name, state_file)
         copy.parent.mkdir(exist_ok=True)
-        shutil.copy(current, copy)
+        if current.exists():
+            shutil.copy(current, copy)
+        else:
+            copy.unlink(missing_ok=True)
 
 
-def _restore_known_hosts(lab: Lab, name: str) -> None:
-    copy = _known_hosts_copy(lab, name)
-    if copy.exists():
-        shutil.copy(copy, lab.dir / "known_hosts")
+def _restore_state_files(lab: Lab, name: str) -> None:
+    for state_file in STATE_FILES:
+        current, copy = lab.dir / state_file, _state_copy(lab, name, state_file)
+        if copy.exists():
+            shutil.copy(copy, current)
+        elif state_file != "known_hosts":  # snapshots older than this rule kept only that
+            current.unlink(missing_ok=True)
 
 
 def resync_clocks(lab: Lab, timeout: float = 180.0) -> None:
@@ -185,5 +194,6 @@ def delete(lab: Lab, name: str) -> None:
                 if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
                     raise
     index.pop(name, None)
-    _known_hosts_copy(lab, name).unlink(missing_ok=True)
+    for state_file in STATE_FILES:
+        _state_copy(lab, name, state_file).unlink(missing_ok=True)
     _write_index(lab, index)

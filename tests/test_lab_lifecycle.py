@@ -4,9 +4,13 @@ if any libvirt object is left.)"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
-from lab import power, snapshots
+from lab import power, rest, snapshots, virt
+from lab.leases import LeaseBook
 from lab.machines import Lab
 
 
@@ -59,6 +63,35 @@ def test_snapshot_restore_undoes_changes_on_every_machine(lab: Lab) -> None:
     finally:
         snapshots.delete(lab, "lifecycle-test")
     assert "lifecycle-test" not in [s.name for s in snapshots.list_snapshots(lab)]
+
+
+def test_a_lab_at_rest_wakes_at_its_state_without_a_boot(lab: Lab) -> None:
+    # Another process may not put a lab to rest that this session owns.
+    refused = subprocess.run([sys.executable, "-m", "lab.cli", "down", "--name", lab.name],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and f"is in use by process {os.getpid()}" in refused.stderr
+    assert all(s == "running" for s in virt.domain_states(lab.plan).values())
+
+    lab.on_all(lambda m: m.succeed("echo before-rest > /root/rest-marker"))
+    boot_ids = lab.on_all(lambda m: m.succeed("cat /proc/sys/kernel/random/boot_id").strip())
+    try:
+        rest.put_to_rest(lab)
+        assert rest.at_rest(lab) == rest.AT_REST
+        assert set(virt.domain_states(lab.plan).values()) == {"shut off"}  # memory freed
+        rest.wake(lab)
+    finally:
+        LeaseBook().set_owner(lab.name, os.getpid())  # the session owns its lab again
+    assert rest.at_rest(lab) is None
+    assert set(virt.domain_states(lab.plan).values()) == {"running"}
+    # The same running systems, not a boot: same boot id, the marker written before is there.
+    assert lab.on_all(lambda m: m.succeed("cat /proc/sys/kernel/random/boot_id").strip()) \
+        == boot_ids
+    assert set(lab.on_all(lambda m: m.succeed("cat /root/rest-marker").strip()).values()) \
+        == {"before-rest"}
+    skew = lab.on_all(lambda m: abs(float(m.succeed("date +%s.%N")) - time.time()))
+    assert max(skew.values()) < 10, skew
+    lab.on_all(lambda m: m.succeed("rm /root/rest-marker"))
+    snapshots.delete(lab, rest.AT_REST)
 
 
 def test_a_command_that_times_out_is_ended_on_the_machine_too(lab: Lab) -> None:
