@@ -14,6 +14,24 @@ class LabError(Exception):
         super().__init__(f"{message}\n  fix: {hint}" if hint else message)
 
 
+def raise_failures(failed: dict[str, BaseException], total: int, what: str, hint: str,
+                   error: type[LabError] = LabError) -> None:
+    """Raise for the workers of one parallel step that failed, named by ``failed``'s keys: a
+    single failure as it is, several as one ``error`` with a line each (``what``: "machines",
+    "clusters of layout x"). Nothing failed: return."""
+    if len(failed) == 1:
+        raise next(iter(failed.values()))
+    if failed:
+        raise error(f"{len(failed)} of {total} {what} failed:\n"
+                    + "\n".join(f"  {name}: {_first_line(exc)}" for name, exc in failed.items()),
+                    hint)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else repr(exc)
+
+
 class CommandFailed(LabError):
     """A command on the host or on a lab machine exited non-zero (or timed out)."""
 

@@ -25,7 +25,7 @@ import psutil
 import vagrant
 
 from lab import accel, paths, virt
-from lab.errors import LabError
+from lab.errors import LabError, raise_failures
 from lab.images import ImageStore
 from lab.images.recipe import recipes
 from lab.images.store import Image, ensure_registered
@@ -173,15 +173,9 @@ class Lab:
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
-        errors = {name: f.exception() for name, f in futures.items() if f.exception()}
-        if len(errors) == 1:
-            raise next(iter(errors.values()))  # type: ignore[misc]
-        if errors:
-            raise LabError(f"{len(errors)} of {len(targets)} machines failed:\n"
-                           + "\n".join(f"  {name}: {str(exc).splitlines()[0]}"
-                                        for name, exc in errors.items()),
-                           "the lines above name each machine; its console log and "
-                           "`ganeti-lab status` tell more")
+        raise_failures({name: exc for name, f in futures.items() if (exc := f.exception())},
+                       len(targets), "machines", "the lines above name each machine; its "
+                       "console log and `ganeti-lab status` tell more")
         return {name: f.result() for name, f in futures.items()}
 
     def close(self) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from lab import spec, topology
 from lab.errors import LabError
 from lab.machines import Lab
 from lab.remote import REMOTE_KILL_GRACE, Cancelled, Machine, _bounded
@@ -40,15 +39,6 @@ def test_remote_commands_carry_their_own_deadline() -> None:
     assert bounded == (f"timeout --kill-after={REMOTE_KILL_GRACE} {30 + REMOTE_KILL_GRACE} "
                        f"bash -c {shlex.quote(command)}")
     assert shlex.split(bounded)[-1] == command  # the command reaches bash unchanged
-
-
-@pytest.fixture
-def planned_lab(tmp_path: Path) -> Lab:
-    tiny = topology.load("tiny", host_memory_mib=1 << 20)
-    plan = spec.plan(tiny, "t", {n.name: f"10.201.{i}.0/24" for i, n in
-                                 enumerate(tiny.networks)},
-                     tmp_path / "key", tmp_path / "console", "qemu", "custom")
-    return Lab(tmp_path, plan)
 
 
 def test_on_all_reports_every_failed_machine(planned_lab: Lab) -> None:

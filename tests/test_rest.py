@@ -9,19 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import rest, spec, topology
+from lab import rest
 from lab.errors import LabError
 from lab.machines import Lab
-
-
-@pytest.fixture
-def planned_lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Lab:
-    monkeypatch.setenv("GANETI_LAB_STATE", str(tmp_path / "state"))
-    tiny = topology.load("tiny", host_memory_mib=1 << 20)
-    plan = spec.plan(tiny, "t", {n.name: f"10.201.{i}.0/24" for i, n in
-                                 enumerate(tiny.networks)},
-                     tmp_path / "key", tmp_path / "console", "qemu", "custom")
-    return Lab(tmp_path, plan)
 
 
 def test_a_lab_not_at_rest_needs_a_snapshot_named(planned_lab: Lab) -> None:

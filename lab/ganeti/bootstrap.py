@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from lab import secrets as lab_secrets
 from lab import snapshots
-from lab.errors import LabError
+from lab.errors import LabError, raise_failures
 from lab.ganeti import gnt, versions
 from lab.ganeti.certs import rapi_certificate
 from lab.ganeti.cluster import RAPI_USER, Cluster
@@ -132,15 +132,10 @@ def form_layout(lab: Lab, layout: str, timings: Timings | None = None) -> dict[s
         with ThreadPoolExecutor(max_workers=len(plans)) as pool:
             futures = {cp.name: pool.submit(_bootstrap, lab, cp, timings, parent)
                        for cp in plans}
-        failed = {name: f.exception() for name, f in futures.items() if f.exception()}
-        if len(failed) == 1:
-            raise next(iter(failed.values()))  # type: ignore[misc]
-        if failed:  # every cluster's failure, not only the first one's
-            raise ClusterError(
-                f"{len(failed)} clusters of layout {layout} failed to form:\n"
-                + "\n".join(f"  {name}: {str(exc).splitlines()[0]}"
-                             for name, exc in failed.items()),
-                "each line names the cluster; its phase in timings.json has the details")
+        # Every cluster's failure, not only the first one's.
+        raise_failures({name: exc for name, f in futures.items() if (exc := f.exception())},
+                       len(plans), f"clusters of layout {layout}", "each line names the "
+                       "cluster; its phase in timings.json has the details", ClusterError)
         clusters = {name: f.result() for name, f in futures.items()}
     _set_layout(lab, layout)
     return clusters
