@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import psutil
 import vagrant
 
-from lab import accel, paths, virt
+from lab import accel, hostkeys, paths, virt
 from lab.errors import LabError, raise_failures
 from lab.images import ImageStore
 from lab.images.recipe import recipes
@@ -111,11 +111,19 @@ class Lab:
         for img in images.values():
             virt.ensure_box_volume(img.box_name, ensure_registered(img),
                                    int(img.manifest["virtual_size_gib"]) * 2**30)
+        known_hosts = []
         for i, m in enumerate(lab_plan.machines):
+            keys = hostkeys.make(directory / "hostkeys" / m.name)
+            known_hosts += [f"{m.mgmt_ip} {key}" for key in keys]
+            seed = f"{m.domain}-seed.raw"
+            virt.put_lab_volume(seed, hostkeys.seed(directory / "hostkeys" / m.name))
             lab_plan.machines[i] = type(m)(**{
                 **m.__dict__, "box": images[m.role].box_name, "kernel": boot[m.role][0],
                 "initrd": boot[m.role][1], "cmdline": kernel_cmdline(lab_plan, m, public_key),
+                "seed": seed,
             })
+        # Known before the first connection: no host key of the lab is trusted on first use.
+        (directory / "known_hosts").write_text("\n".join(known_hosts) + "\n")
         lab_plan.save(directory / "lab.json")
         (directory / "accelerator").write_text(f"{chosen.name}: {chosen.reason}\n")
         return cls(directory, lab_plan)

@@ -4,8 +4,9 @@ replaced by a fresh copy of the image it was built from, and it boots as a new m
 Nothing of the old root disk survives except what the lab puts back: the machine's identity
 and login key (from the kernel command line, as at every boot) and what settling gave it (names,
 root SSH between nodes, the shared mount, the local repository). Its second disk, which holds
-the volume group, is kept. The new host keys are learned from the machine's serial console log,
-written on the host, never from whatever key first answers on the network.
+the volume group, is kept. It gets new host keys from the lab (its seed disk, lab.hostkeys),
+and the keys it prints on its serial console, a log written on the host, must be those: no key
+is taken from whatever first answers on the network.
 
 Snapshots taken before a re-image cannot bring the old root disk back: restoring one is
 refused with a clear error (lab.snapshots), never a silent mix of old and new disks.
@@ -26,7 +27,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from lab import power, virt
+from lab import hostkeys, power, virt
 from lab.errors import LabError
 from lab.settle import resettle
 
@@ -72,11 +73,20 @@ def reimage(lab: Lab, machine: str, timeout: float = power.BOOT_SECONDS) -> floa
             f"<backingStore><path>{escape(backing)}</path><format type='qcow2'/>"
             "</backingStore></volume>", 0)
         _record(lab, machine)
+        # A new machine gets new host keys, handed over on its seed disk (lab.hostkeys).
+        new_keys = hostkeys.make(lab.dir / "hostkeys" / machine)
+        if plan.seed:
+            virt.put_lab_volume(plan.seed, hostkeys.seed(lab.dir / "hostkeys" / machine))
         if console.exists():  # the old machine's console; the new one starts its own log
             console.replace(console.with_name(f"{machine}.before-reimage.log"))
         dom.create()
     log.info("%s: root disk replaced by a fresh copy of %s; booting", machine, backing)
     keys = _console_host_keys(console, machine, timeout)
+    if plan.seed and sorted(keys) != sorted(new_keys):
+        raise ReimageError(f"{machine} booted with other host keys than the lab handed it "
+                           f"(console: {keys}; seed: {new_keys})",
+                           "the image's lab-firstboot takes the seed disk's keys on a fresh "
+                           "root disk: rebuild the images (`ganeti-lab images build`)")
     m = lab.machine(machine)
     m.replace_host_keys("\n".join(keys))
     m.wait_for_ssh(timeout=max(30.0, timeout - (time.monotonic() - started)))

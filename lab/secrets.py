@@ -156,7 +156,8 @@ def _alternation(forms: tuple[str, ...]) -> re.Pattern[str]:
 def register_lab_secrets(lab_dir: Path) -> int:
     """Register the secrets a lab keeps in its state directory: the RAPI credentials of each
     cluster (``rapi.json``), the RAPI TLS key (``rapi.pem``) and the lab's SSH private keys
-    (``*_ed25519``). Unreadable files are skipped (logged). Returns how many files were read."""
+    (``*_ed25519``, the machines' host keys ``ssh_host_*_key``). Unreadable files are skipped
+    (logged). Returns how many files were read."""
     lab_dir = Path(lab_dir)
     if not lab_dir.is_dir():
         return 0
@@ -170,7 +171,8 @@ def register_lab_secrets(lab_dir: Path) -> int:
             continue
         register(password, f"rapi password {path.parent.name}", user=user)
         count += 1
-    keys = [*lab_dir.rglob("*_ed25519"), *lab_dir.rglob("rapi.pem")]
+    keys = [*lab_dir.rglob("*_ed25519"), *lab_dir.rglob("ssh_host_*_key"),
+            *lab_dir.rglob("rapi.pem")]
     for path in sorted(p for p in keys if p.is_file()):
         try:
             text = path.read_text(encoding="utf-8")

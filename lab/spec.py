@@ -42,6 +42,7 @@ class MachinePlan:
     kernel: str = ""
     initrd: str = ""
     cmdline: str = ""
+    seed: str = ""  # pool volume with the machine's host keys (lab.hostkeys); "" in old plans
 
 
 @dataclass(frozen=True)
