@@ -7,7 +7,8 @@ the path to SSH of every boot. The host makes the same keys in well under a seco
 then knows every machine's keys before the first connection: none is trusted on first use.
 
 The seed is a tar archive written raw onto a virtio disk whose serial is ``SEED_SERIAL``: the
-machine reads it with `tar -x -f /dev/vdX`, no filesystem needed.
+machine reads it with `tar -x -f /dev/vdX`, no filesystem needed. The disk is a qcow2 image:
+a whole-lab snapshot needs every writable disk to hold internal snapshots, which raw cannot.
 """
 
 from __future__ import annotations
@@ -51,8 +52,21 @@ def public_keys(directory: Path) -> list[str]:
     return keys
 
 
+def seed_image(directory: Path) -> Path:
+    """The seed disk (qcow2) for the keys of ``directory``, written beside them."""
+    raw, image = directory / "seed.raw", directory / "seed.qcow2"
+    raw.touch(mode=0o600)
+    raw.write_bytes(seed(directory))
+    image.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw),
+                    str(image)], check=True, capture_output=True, text=True)
+    raw.unlink()
+    image.chmod(0o600)
+    return image
+
+
 def seed(directory: Path) -> bytes:
-    """The seed disk's bytes: the keys of ``directory`` as a tar archive, zero-padded."""
+    """The seed disk's content: the keys of ``directory`` as a tar archive, zero-padded."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key_type in KEY_TYPES:

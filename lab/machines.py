@@ -115,8 +115,8 @@ class Lab:
         for i, m in enumerate(lab_plan.machines):
             keys = hostkeys.make(directory / "hostkeys" / m.name)
             known_hosts += [f"{m.mgmt_ip} {key}" for key in keys]
-            seed = f"{m.domain}-seed.raw"
-            virt.put_lab_volume(seed, hostkeys.seed(directory / "hostkeys" / m.name))
+            seed = f"{m.domain}-seed.qcow2"
+            virt.put_lab_volume(seed, hostkeys.seed_image(directory / "hostkeys" / m.name))
             lab_plan.machines[i] = type(m)(**{
                 **m.__dict__, "box": images[m.role].box_name, "kernel": boot[m.role][0],
                 "initrd": boot[m.role][1], "cmdline": kernel_cmdline(lab_plan, m, public_key),

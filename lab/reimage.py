@@ -76,7 +76,7 @@ def reimage(lab: Lab, machine: str, timeout: float = power.BOOT_SECONDS) -> floa
         # A new machine gets new host keys, handed over on its seed disk (lab.hostkeys).
         new_keys = hostkeys.make(lab.dir / "hostkeys" / machine)
         if plan.seed:
-            virt.put_lab_volume(plan.seed, hostkeys.seed(lab.dir / "hostkeys" / machine))
+            virt.put_lab_volume(plan.seed, hostkeys.seed_image(lab.dir / "hostkeys" / machine))
         if console.exists():  # the old machine's console; the new one starts its own log
             console.replace(console.with_name(f"{machine}.before-reimage.log"))
         dom.create()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import io
 import logging
 import os
 from collections.abc import Iterator
@@ -369,23 +368,25 @@ def ensure_pool_volume(source: Path, volume: str, fmt: str = "raw",
         return str(vol.path())
 
 
-def put_lab_volume(volume: str, data: bytes) -> str:
-    """A raw volume of one lab holding ``data`` (made anew if it exists); returns its path.
-    Unlike the shared volumes, it belongs to that lab alone (its name says which) and goes
-    with it."""
+def put_lab_volume(volume: str, source: Path, fmt: str = "qcow2") -> str:
+    """A volume of one lab holding the file ``source`` (made anew if it exists); returns its
+    path. Unlike the shared volumes, it belongs to that lab alone (its name says which) and
+    goes with it."""
     if owner_of(volume) is None:
         raise ValueError(f"{volume} is not a lab object name")
+    size = source.stat().st_size
     with connect() as conn:
         pool = conn.storagePoolLookupByName(POOL)
         with contextlib.suppress(libvirt.libvirtError):
             pool.storageVolLookupByName(volume).delete(0)
         vol = pool.createXML(
-            f"<volume><name>{escape(volume)}</name><capacity unit='B'>{len(data)}</capacity>"
-            "<target><format type='raw'/></target></volume>", 0)
+            f"<volume><name>{escape(volume)}</name><capacity unit='B'>{size}</capacity>"
+            f"<target><format type='{fmt}'/></target></volume>", 0)
         try:
             stream = conn.newStream(0)
-            vol.upload(stream, 0, len(data), 0)
-            stream.sendAll(lambda _s, n, view: view.read(n), io.BytesIO(data))
+            vol.upload(stream, 0, size, 0)
+            with open(source, "rb") as f:
+                stream.sendAll(lambda _s, n, fh: fh.read(n), f)
             stream.finish()
         except BaseException:
             with contextlib.suppress(libvirt.libvirtError):

@@ -24,8 +24,15 @@ def test_each_machine_gets_new_keys_of_every_type(tmp_path: Path) -> None:
 
 def test_the_seed_is_a_tar_archive_the_machine_unpacks_raw(tmp_path: Path) -> None:
     keys = hostkeys.make(tmp_path / "node2")
-    disk = tmp_path / "seed.raw"
-    disk.write_bytes(hostkeys.seed(tmp_path / "node2"))
+    image = hostkeys.seed_image(tmp_path / "node2")
+    assert stat.S_IMODE(image.stat().st_mode) == 0o600
+    assert '"format": "qcow2"' in subprocess.run(
+        ["qemu-img", "info", "--output=json", str(image)], capture_output=True, text=True,
+        check=True).stdout  # a whole-lab snapshot needs qcow2 disks
+    disk = tmp_path / "seed.raw"  # what the machine reads from its disk
+    subprocess.run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(image), str(disk)],
+                   check=True)
+    assert disk.read_bytes() == hostkeys.seed(tmp_path / "node2")
     assert disk.stat().st_size == hostkeys.SEED_BYTES
     etc_ssh = tmp_path / "etc-ssh"
     etc_ssh.mkdir()
