@@ -54,8 +54,10 @@ class Cancelled(LabError):
 
 
 class _RememberNewHost(paramiko.MissingHostKeyPolicy):
-    """Trust on first use, per lab: host keys are made on each machine's first boot, so the
-    first contact records them in the lab's known_hosts; a changed key is then refused."""
+    """Trust on first use, per lab, for a machine whose host keys the lab did not make (a
+    plan written before lab.hostkeys, another Vagrantfile's box): the first contact records
+    them in the lab's known_hosts; a changed key is then refused. Keys the lab made are in
+    known_hosts before the machine first boots, so this never applies to them."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
