@@ -12,7 +12,13 @@ from __future__ import annotations
 import pytest
 
 from lab.ganeti.cluster import Cluster
-from lab.ganeti.instances import InstanceFactory, disk_checksum, read_marker, write_data
+from lab.ganeti.instances import (
+    InstanceFactory,
+    disk_checksum,
+    disk_location,
+    read_marker,
+    write_data,
+)
 from lab.ganeti.jobs import JobSet
 from lab.pytest_plugin import SizeProfile
 from lab.timings import Timings
@@ -45,18 +51,20 @@ def test_instances_through_rapi(lab_reset: object, cluster: Cluster, timings: Ti
     assert sorted(o.label for o in jobs.outcomes if o.job_id is not None) == sorted(
         [*made, "multi-alloc"]), "every instance has its own creation job"
     states = cluster.instance_states()
+    located = {name: disk_location(cluster, name) for name in made}
     for name, spec in made.items():
         assert states[name]["disk_template"] == spec["template"]
         assert states[name]["pnode"] == spec["pnode"]
-        assert read_marker(cluster, name)["instance"] == name  # the lab OS made a filesystem
+        # The lab OS made a filesystem.
+        assert read_marker(cluster, name, located[name])["instance"] == name
 
     moving = [(name, spec["pnode"]) for name, spec in made.items()
               if spec["template"] == "sharedfile"]
     with timings.phase("write known data", count=len(moving)):
         checksums = {}
         for name, _ in moving:
-            write_data(cluster, name, mib=4)
-            checksums[name] = disk_checksum(cluster, name)
+            write_data(cluster, name, mib=4, where=located[name])
+            checksums[name] = disk_checksum(cluster, name, where=located[name])
     with timings.phase("start instances", count=len(made)):
         for name in made:
             cluster.rapi.startup_instance(name).wait(timeout=JOB_TIMEOUT)

@@ -125,22 +125,25 @@ def test_instances_with_real_data(lab_reset: Lab, cluster: Cluster,
     jobs.wait()
     jobs.raise_for_failures()
     expected = seeded_checksum(2, "lab-seed", cluster.master)
+    located = {template: disk_location(cluster, name) for template, name in made.items()}
     for template, name in made.items():
         variant = "eager" if template == "plain" else "lazy"
-        assert read_marker(cluster, name) == {"instance": name, "variant": variant,
-                                              "hypervisor": "fake"}, template
+        where = located[template]  # the instances stay where they are: one lookup each
+        assert read_marker(cluster, name, where) == {"instance": name, "variant": variant,
+                                                     "hypervisor": "fake"}, template
         assert cluster.rapi.instance(name)["status"] == "ADMIN_down"
-        before = disk_checksum(cluster, name)
-        assert write_data(cluster, name, mib=2, seed="lab-seed") == expected, template
-        assert disk_checksum(cluster, name) != before, template
+        before = disk_checksum(cluster, name, where=where)
+        assert write_data(cluster, name, mib=2, seed="lab-seed", where=where) == expected, \
+            template
+        assert disk_checksum(cluster, name, where=where) != before, template
     # The OS definition's export and import move the disk's bytes unchanged.
-    where = disk_location(cluster, made["plain"])
+    where = located["plain"]
     node = lab_reset.machine(where.node)
     copy = "/root/export-import.copy"
     node.succeed(f"EXPORT_DISK_PATH={where.path} /usr/share/ganeti/os/lab/export | "
                  f"IMPORT_DISK_PATH={copy} /usr/share/ganeti/os/lab/import && "
                  f"test $(sha256sum < {copy} | cut -d' ' -f1) = "
-                 f"{disk_checksum(cluster, made['plain'])}; rm -f {copy}")
+                 f"{disk_checksum(cluster, made['plain'], where=where)}; rm -f {copy}")
 
 
 @pytest.mark.lab(layout="one-cluster")
