@@ -347,23 +347,8 @@ def ensure_pool_volume(source: Path, volume: str, fmt: str = "raw",
             marker.unlink(missing_ok=True)
             vol.delete(0)
         marker.unlink(missing_ok=True)
-        vol = pool.createXML(
-            f"<volume><name>{escape(volume)}</name>"
-            f"<capacity unit='B'>{capacity or size}</capacity>"
-            f"<allocation unit='B'>{size}</allocation>"
-            f"<target><format type='{fmt}'/></target></volume>", 0)
-        try:
-            stream = conn.newStream(0)
-            vol.upload(stream, 0, size, 0)
-            with open(source, "rb") as f:
-                stream.sendAll(lambda _s, n, fh: fh.read(n), f)
-            stream.finish()
-        except BaseException:
-            with contextlib.suppress(libvirt.libvirtError):
-                stream.abort()
-            with contextlib.suppress(libvirt.libvirtError):
-                vol.delete(0)
-            raise
+        vol = _upload(conn, pool, volume, source, fmt, capacity=capacity or size,
+                      allocation=size)
         marker.write_text(expected)
         return str(vol.path())
 
@@ -374,27 +359,39 @@ def put_lab_volume(volume: str, source: Path, fmt: str = "qcow2") -> str:
     goes with it."""
     if owner_of(volume) is None:
         raise ValueError(f"{volume} is not a lab object name")
-    size = source.stat().st_size
     with connect() as conn:
         pool = conn.storagePoolLookupByName(POOL)
         with contextlib.suppress(libvirt.libvirtError):
             pool.storageVolLookupByName(volume).delete(0)
-        vol = pool.createXML(
-            f"<volume><name>{escape(volume)}</name><capacity unit='B'>{size}</capacity>"
-            f"<target><format type='{fmt}'/></target></volume>", 0)
-        try:
-            stream = conn.newStream(0)
-            vol.upload(stream, 0, size, 0)
-            with open(source, "rb") as f:
-                stream.sendAll(lambda _s, n, fh: fh.read(n), f)
-            stream.finish()
-        except BaseException:
+        return str(_upload(conn, pool, volume, source, fmt,
+                           capacity=source.stat().st_size).path())
+
+
+def _upload(conn: libvirt.virConnect, pool: libvirt.virStoragePool, volume: str,
+            source: Path, fmt: str, *, capacity: int, allocation: int | None = None
+            ) -> libvirt.virStorageVol:
+    """Create ``volume`` and fill it with the bytes of ``source``; a failed or interrupted
+    upload deletes the volume again."""
+    size = source.stat().st_size
+    allocated = f"<allocation unit='B'>{allocation}</allocation>" if allocation else ""
+    vol = pool.createXML(
+        f"<volume><name>{escape(volume)}</name><capacity unit='B'>{capacity}</capacity>"
+        f"{allocated}<target><format type='{fmt}'/></target></volume>", 0)
+    stream: libvirt.virStream | None = None
+    try:
+        stream = conn.newStream(0)
+        vol.upload(stream, 0, size, 0)
+        with open(source, "rb") as f:
+            stream.sendAll(lambda _s, n, fh: fh.read(n), f)
+        stream.finish()
+    except BaseException:
+        if stream is not None:
             with contextlib.suppress(libvirt.libvirtError):
                 stream.abort()
-            with contextlib.suppress(libvirt.libvirtError):
-                vol.delete(0)
-            raise
-        return str(vol.path())
+        with contextlib.suppress(libvirt.libvirtError):
+            vol.delete(0)
+        raise
+    return vol
 
 
 def _backed_upon(pool: libvirt.virStoragePool, path: str) -> list[str]:
