@@ -1,7 +1,9 @@
-"""Smoke scenario, as an operator would run it: instances with real data on `plain` and
-`sharedfile` created through RAPI all at once (the plain ones one job each, the sharedfile ones
-in one multi-allocation request), the sharedfile ones live-migrated and failed over with their
-data intact, then everything removed and the cluster verified.
+"""Smoke scenario, as an operator would run it: instances with real data on `plain`, `file`
+and `sharedfile` created through RAPI all at once (the plain and file ones one job each, the
+sharedfile ones in one multi-allocation request); each disk checked where it lives (the lab
+OS's filesystem, known data written, a disk exported and imported unchanged); every instance
+started; the sharedfile ones live-migrated and failed over with their data intact; then
+everything removed at once and the cluster verified.
 
 Each step is a timed phase; the creations are one job set (waited for through RAPI's long
 poll), whose per-job queue and run times are metrics of their phase.
@@ -17,6 +19,7 @@ from lab.ganeti.instances import (
     disk_checksum,
     disk_location,
     read_marker,
+    seeded_checksum,
     write_data,
 )
 from lab.ganeti.jobs import JobSet
@@ -26,6 +29,10 @@ from lab.timings import Timings
 pytestmark = pytest.mark.lab(layout="one-cluster")
 
 JOB_TIMEOUT = 900
+# Which lab OS variant each template's instances get: both the eager and the lazy
+# filesystem initialisation are made in every run.
+VARIANT = {"plain": "eager", "file": "lazy", "sharedfile": "lazy"}
+DATA_MIB = 2
 
 
 def _primary(cluster: Cluster, name: str) -> str:
@@ -37,39 +44,71 @@ def test_instances_through_rapi(lab_reset: object, cluster: Cluster, timings: Ti
     per_template = lab_profile.pick(small=1, full=3)
     nodes = sorted(n["name"] for n in cluster.rapi.nodes())
     assert len(nodes) >= 2, f"the smoke scenario needs two nodes, cluster has {nodes}"
-    plain = [{"template": "plain", "pnode": nodes[i % len(nodes)]} for i in range(per_template)]
-    shared = [{"template": "sharedfile", "pnode": nodes[(per_template + i) % len(nodes)]}
-              for i in range(per_template)]
+    specs = {template: [{"template": template, "os": f"lab+{VARIANT[template]}",
+                         "pnode": nodes[(k * per_template + i) % len(nodes)]}
+                        for i in range(per_template)]
+             for k, template in enumerate(VARIANT)}
 
-    with timings.phase("create instances through RAPI", count=len(plain) + len(shared)) as phase:
+    with timings.phase("create instances through RAPI", count=len(VARIANT) * per_template
+                       ) as phase:
         jobs = JobSet(cluster.rapi, timeout=JOB_TIMEOUT)
-        made = {instances.submit(jobs, "plain", pnode=spec["pnode"]): spec for spec in plain}
-        made.update(zip(instances.submit_multi_alloc(jobs, shared), shared, strict=True))
+        made = {}
+        for template in ("plain", "file"):
+            for spec in specs[template]:
+                options = {k: v for k, v in spec.items() if k != "template"}
+                made[instances.submit(jobs, template, **options)] = spec
+        made.update(zip(instances.submit_multi_alloc(jobs, specs["sharedfile"]),
+                        specs["sharedfile"], strict=True))
         jobs.wait()
         jobs.record(phase)
         jobs.raise_for_failures()
     assert sorted(o.label for o in jobs.outcomes if o.job_id is not None) == sorted(
         [*made, "multi-alloc"]), "every instance has its own creation job"
+
     states = cluster.instance_states()
+    # Where each disk lives: one Ganeti lookup per instance while none of them moves.
     located = {name: disk_location(cluster, name) for name in made}
     for name, spec in made.items():
         assert states[name]["disk_template"] == spec["template"]
         assert states[name]["pnode"] == spec["pnode"]
-        # The lab OS made a filesystem.
-        assert read_marker(cluster, name, located[name])["instance"] == name
+        assert cluster.rapi.instance(name)["status"] == "ADMIN_down"
+        # The lab OS made a filesystem, eager or lazy as asked.
+        assert read_marker(cluster, name, located[name]) == {
+            "instance": name, "variant": VARIANT[spec["template"]], "hypervisor": "fake"}
+
+    with timings.phase("write known data", count=len(made)):
+        expected = seeded_checksum(DATA_MIB, "lab-seed", cluster.master)
+        checksums = {}
+        for name, spec in made.items():
+            before = disk_checksum(cluster, name, where=located[name])
+            assert write_data(cluster, name, mib=DATA_MIB, seed="lab-seed",
+                              where=located[name]) == expected, spec["template"]
+            checksums[name] = disk_checksum(cluster, name, where=located[name])
+            assert checksums[name] != before, f"writing data did not change {name}'s disk"
+
+    exported = next(name for name, spec in made.items() if spec["template"] == "plain")
+    with timings.phase("export and import a disk through the lab OS"):
+        # The OS definition's export and import move the disk's bytes unchanged.
+        where = located[exported]
+        copy = "/root/export-import.copy"
+        cluster.lab.machine(where.node).succeed(
+            f"EXPORT_DISK_PATH={where.path} /usr/share/ganeti/os/lab/export | "
+            f"IMPORT_DISK_PATH={copy} /usr/share/ganeti/os/lab/import && "
+            f"test $(sha256sum < {copy} | cut -d' ' -f1) = {checksums[exported]}; "
+            f"rm -f {copy}")
+
+    with timings.phase("start instances", count=len(made)) as phase:
+        starts = JobSet(cluster.rapi, timeout=JOB_TIMEOUT)
+        for name in made:
+            starts.submit(name, lambda name=name: cluster.rapi.startup_instance(name))
+        starts.wait()
+        starts.record(phase)
+        starts.raise_for_failures()
+    states = cluster.instance_states()
+    assert {name: states[name]["status"] for name in made} == dict.fromkeys(made, "running")
 
     moving = [(name, spec["pnode"]) for name, spec in made.items()
               if spec["template"] == "sharedfile"]
-    with timings.phase("write known data", count=len(moving)):
-        checksums = {}
-        for name, _ in moving:
-            write_data(cluster, name, mib=4, where=located[name])
-            checksums[name] = disk_checksum(cluster, name, where=located[name])
-    with timings.phase("start instances", count=len(made)):
-        for name in made:
-            cluster.rapi.startup_instance(name).wait(timeout=JOB_TIMEOUT)
-            assert cluster.rapi.instance(name)["status"] == "running"
-
     with timings.phase("live-migrate sharedfile instances", count=len(moving)):
         for name, pnode in moving:
             target = next(n for n in nodes if n != pnode)
@@ -88,4 +127,6 @@ def test_instances_through_rapi(lab_reset: object, cluster: Cluster, timings: Ti
         assert sorted(instances.remove_all()) == sorted(made)
     left = {i["name"] for i in cluster.rapi.instances()}
     assert not left & set(made), f"instances left behind: {left}"
-    assert cluster.verify().ok
+    with timings.phase("verify the cluster"):
+        verify = cluster.verify()
+    assert verify.ok, verify.output

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from lab.errors import LabError
 from lab.ganeti.cluster import Cluster
 from lab.remote import Result
 
@@ -77,3 +78,19 @@ def test_transient_errors_that_stay_are_reported_after_the_last_attempt() -> Non
     assert not result.ok
     assert result.errors == [BEHIND.rstrip("\n")]
     assert master.commands.count("gnt-cluster verify") == 2
+
+
+def test_the_formation_verify_is_kept_with_the_cluster_and_read_back(tmp_path) -> None:
+    master = Master([CLEAN + BEHIND])
+    plan = SimpleNamespace(name="c1", fqdn="c1.lab", master="node1.lab")
+    lab = SimpleNamespace(machine=lambda name: master, dir=tmp_path)
+    cluster = Cluster(lab, plan)  # type: ignore[arg-type]
+    with pytest.raises(LabError, match="no readable record of the verify that formed"):
+        cluster.formation_verify()
+    verdict = cluster.verify(attempts=1)
+    cluster.record_formation_verify(verdict)
+    again = Cluster(lab, plan).formation_verify()  # type: ignore[arg-type]
+    assert again == verdict and not again.ok and len(again.errors) == 1
+    (tmp_path / "clusters" / "c1" / "formation-verify.json").write_text("{half")
+    with pytest.raises(LabError, match="form the layout again"):
+        cluster.formation_verify()

@@ -163,6 +163,7 @@ def _bootstrap(lab: Lab, cp: ClusterPlan, timings: Timings | None,
             wait_rapi(cluster)
         with maybe_phase(timings, f"{cp.name}: gnt-cluster verify") as phase:
             result = cluster.verify()
+            cluster.record_formation_verify(result)
             if phase is not None:
                 phase.metric("warnings", len(result.warnings))
                 for i, line in enumerate(result.warnings[:10]):

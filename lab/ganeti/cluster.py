@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lab import secrets as lab_secrets
+from lab.errors import LabError
 from lab.ganeti import gnt, versions
 from lab.ganeti.rapi import RapiClient
 from lab.remote import Machine
@@ -120,6 +121,22 @@ class Cluster:
                             "(%s; %d errors in all, the others follow from missing answers); "
                             "verifying again", self.name, timeouts[0], len(errors))
         return verdict
+
+    # The verify of the bootstrap that formed the cluster, kept with the cluster's state: the
+    # layout snapshot holds exactly that cluster, so a test of "the cluster formed clean" reads
+    # it instead of paying for another `gnt-cluster verify` (minutes under emulation).
+    def record_formation_verify(self, verdict: Verify) -> None:
+        (self.state_dir / "formation-verify.json").write_text(json.dumps(asdict(verdict)))
+
+    def formation_verify(self) -> Verify:
+        path = self.state_dir / "formation-verify.json"
+        try:
+            return Verify(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise LabError(f"{self.name}: no readable record of the verify that formed the "
+                           f"cluster ({path}: {exc})",
+                           "form the layout again (remove its snapshot), or run "
+                           "cluster.verify()") from exc
 
     def versions(self) -> dict[str, str]:
         """The Ganeti each node runs, e.g. ``{"node1.lab": "3.1 (3.1.0~rc2-3~bpo12+1)"}``:

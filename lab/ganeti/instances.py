@@ -185,15 +185,18 @@ class InstanceFactory:
             log.warning("%s: cannot list instances to remove %s: %s", self.cluster.name,
                         ", ".join(self.made), exc)
             return []
-        removed = []
+        # All at once, as an operator clearing a cluster would: Ganeti runs removals of
+        # instances on different nodes side by side.
+        jobs = JobSet(self.cluster.rapi, timeout=JOB_TIMEOUT)
         for name in reversed(self.made):
             if name in present:
-                try:
-                    self.cluster.rapi.remove_instance(name, shutdown_timeout=0).wait(
-                        timeout=JOB_TIMEOUT)
-                    removed.append(name)
-                except RapiError as exc:
-                    log.warning("%s: removing %s failed: %s", self.cluster.name, name, exc)
+                jobs.submit(name, lambda name=name: self.cluster.rapi.remove_instance(
+                    name, shutdown_timeout=0))
+        jobs.wait()
+        for failed in jobs.failures():
+            log.warning("%s: removing %s failed: %s", self.cluster.name, failed.label,
+                        failed.reason)
+        removed = [o.label for o in jobs.outcomes if o.ok]
         self.made.clear()
         return removed
 
