@@ -53,6 +53,25 @@ class Cancelled(LabError):
     """The run was interrupted while this machine was being waited on."""
 
 
+# One lab's machines share its known_hosts file, and machines are handled from several threads
+# at once (node adds of two clusters, machines of one lab): every change is a read, modify and
+# write of the whole file under this lock, so no thread writes back a copy missing another's.
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+def _update_known_hosts(path: Path, host: str, keys: list[paramiko.PKey], *,
+                        replace: bool) -> None:
+    with _KNOWN_HOSTS_LOCK:
+        known = paramiko.HostKeys()
+        if path.exists():
+            known.load(str(path))
+        if replace:
+            known.pop(host, None)
+        for key in keys:
+            known.add(host, key.get_name(), key)
+        known.save(str(path))
+
+
 class _RememberNewHost(paramiko.MissingHostKeyPolicy):
     """Trust on first use, per lab, for a machine whose host keys the lab did not make (a
     plan written before lab.hostkeys, another Vagrantfile's box): the first contact records
@@ -66,7 +85,7 @@ class _RememberNewHost(paramiko.MissingHostKeyPolicy):
                          key: paramiko.PKey) -> None:
         client.get_host_keys().add(hostname, key.get_name(), key)
         with contextlib.suppress(OSError):
-            client.save_host_keys(str(self.path))
+            _update_known_hosts(self.path, hostname, [key], replace=False)
 
 
 # How long after our own deadline the machine kills a command that is still running.
@@ -149,18 +168,15 @@ class Machine:
         through another authenticated channel; never for a key that merely failed to match.
         """
         self.close()
-        keys = paramiko.HostKeys()
-        if self.known_hosts.exists():
-            keys.load(str(self.known_hosts))
-        keys.pop(self.host, None)
+        keys = []
         for line in public_keys.splitlines():
             parts = line.split()
             if len(parts) >= 2:
                 entry = paramiko.hostkeys.HostKeyEntry.from_line(f"{self.host} {parts[0]} "
                                                                  f"{parts[1]}")
                 if entry is not None and entry.key is not None:
-                    keys.add(self.host, entry.key.get_name(), entry.key)
-        keys.save(str(self.known_hosts))
+                    keys.append(entry.key)
+        _update_known_hosts(self.known_hosts, self.host, keys, replace=True)
         log.info("%s: host keys replaced (%d)", self.name, len(public_keys.splitlines()))
 
     def wait_for_ssh(self, timeout: float = 600.0) -> float:

@@ -64,3 +64,40 @@ def test_on_all_raises_a_single_failure_as_it_is(planned_lab: Lab) -> None:
     with pytest.raises(Boom):
         planned_lab.on_all(one)
     assert planned_lab.on_all(lambda m: m.name) == {"service": "service", "node1": "node1"}
+
+
+def test_host_keys_replaced_from_many_threads_at_once_are_all_kept(tmp_path: Path) -> None:
+    """Machines of one lab share its known_hosts; node adds replace keys from several threads
+    (two clusters forming side by side): no thread writes back a copy missing another's."""
+    import paramiko
+
+    known = tmp_path / "known_hosts"
+    machines = [Machine(f"node{i}", f"10.0.0.{i}", tmp_path / "key", known)
+                for i in range(1, 41)]
+    lines = {m.name: f"ssh-ed25519 {_ed25519_blob(i)}" for i, m in enumerate(machines)}
+    start = threading.Barrier(len(machines))
+
+    def replace(m: Machine) -> None:
+        start.wait()
+        for _ in range(5):
+            m.replace_host_keys(lines[m.name])
+
+    threads = [threading.Thread(target=replace, args=(m,)) for m in machines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    saved = paramiko.HostKeys(str(known))
+    assert sorted(saved.keys()) == sorted(m.host for m in machines)
+    for m in machines:
+        assert saved[m.host]["ssh-ed25519"].get_base64() == lines[m.name].split()[1]
+
+
+def _ed25519_blob(i: int) -> str:
+    import base64
+    import struct
+
+    def field(data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + data
+
+    return base64.b64encode(field(b"ssh-ed25519") + field(bytes([i]) * 32)).decode()
