@@ -17,7 +17,7 @@ from lab.ganeti.cluster import Cluster
 from lab.ganeti.instances import (
     InstanceFactory,
     disk_checksum,
-    disk_location,
+    disk_locations,
     read_marker,
     seeded_checksum,
     write_data,
@@ -67,7 +67,7 @@ def test_instances_through_rapi(lab_reset: object, cluster: Cluster, timings: Ti
 
     states = cluster.instance_states()
     # Where each disk lives: one Ganeti lookup per instance while none of them moves.
-    located = {name: disk_location(cluster, name) for name in made}
+    located = disk_locations(cluster, list(made))
     for name, spec in made.items():
         assert states[name]["disk_template"] == spec["template"]
         assert states[name]["pnode"] == spec["pnode"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import shlex
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,17 @@ def disk_location(cluster: Cluster, instance: str, index: int = 0) -> DiskLocati
     raise InstanceDataError(f"{cluster.name}: Ganeti did not say where disk {index} of "
                             f"{instance} is:\n{out.strip()}",
                             f"`gnt-instance info {instance}` on the master shows its disks")
+
+
+def disk_locations(cluster: Cluster, instances: list[str], index: int = 0
+                   ) -> dict[str, DiskLocation]:
+    """``disk_location`` of several instances at once: their activate-disks jobs run side by
+    side in Ganeti (each locks only its instance and that instance's nodes)."""
+    if not instances:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(instances))) as pool:
+        found = list(pool.map(lambda name: disk_location(cluster, name, index), instances))
+    return dict(zip(instances, found, strict=True))
 
 
 def disk_checksum(cluster: Cluster, instance: str, index: int = 0,
@@ -212,5 +224,5 @@ def _known_content(mib: int, seed: str) -> str:
             f"-in /dev/zero 2>/dev/null | head -c {mib * 2**20}")
 
 
-__all__ = ["DiskLocation", "InstanceFactory", "disk_checksum", "disk_location", "read_marker",
-           "seeded_checksum", "write_data"]
+__all__ = ["DiskLocation", "InstanceFactory", "disk_checksum", "disk_location",
+           "disk_locations", "read_marker", "seeded_checksum", "write_data"]
