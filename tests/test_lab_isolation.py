@@ -137,76 +137,43 @@ class _Up:
 
 
 @contextlib.contextmanager
-def _ups(*names: str) -> Iterator[list[_Up]]:
-    """`ganeti-lab up` of each lab in ``names``, all at once; ended and removed after the test
-    whatever happens."""
-    for name in names:
-        destroy(name, force=True)
-    ups: list[_Up] = []
+def _up_stopped_at(point: str, signum: int, name: str) -> Iterator[_Up]:
+    """`ganeti-lab up` of lab ``name``, sent ``signum`` at ``point``; ended and removed after
+    the test whatever happens."""
+    destroy(name, force=True)
+    up = _Up(name)
     try:
-        ups.extend(_Up(name) for name in names)
-        yield ups
+        up.reach(point)
+        up.signal(signum)
+        yield up
     finally:
-        for up in ups:
-            up.end()
-        for name in names:
-            destroy(name, force=True)
+        up.end()
+        destroy(name, force=True)
 
 
-def _stop_at(up: _Up, point: str, signum: int) -> None:
-    up.reach(point)
-    up.signal(signum)
-
-
-def _killed_run_is_cleaned_by_destroy_stale(up: _Up, point: str) -> None:
-    up.proc.wait()
-    assert LeaseBook().get(up.name) is not None
-    assert up.name in [lease.lab for lease in LeaseBook().stale()]
-    removed = destroy_stale()
-    assert up.name in removed
-    if point != "prepare":
-        assert removed[up.name].domains, removed[up.name]
-    _nothing_left(up.name)
-    # Nothing of the killed run outlives the clean-up and comes back later.
-    time.sleep(15)
-    _nothing_left(up.name)
-
-
-def _interrupted_run_leaves_nothing(up: _Up) -> None:
-    assert up.proc.wait(timeout=120) != 0
-    _nothing_left(up.name)
-
-
-EARLY_POINTS = ["prepare", "boot"]
-
-
-@pytest.mark.parametrize("point", EARLY_POINTS)
+@pytest.mark.parametrize("point", list(POINTS))
 def test_killed_up_is_cleaned_by_destroy_stale(lab_host: ImageStore, point: str) -> None:
-    with _ups(f"killed-{point}") as (up,):
-        _stop_at(up, point, signal.SIGKILL)  # no chance to clean up
-        _killed_run_is_cleaned_by_destroy_stale(up, point)
+    name = f"killed-{point}"
+    with _up_stopped_at(point, signal.SIGKILL, name) as up:  # no chance to clean up
+        up.proc.wait()
+        assert LeaseBook().get(name) is not None
+        assert name in [lease.lab for lease in LeaseBook().stale()]
+        removed = destroy_stale()
+        assert name in removed
+        if point != "prepare":
+            assert removed[name].domains, removed[name]
+        _nothing_left(name)
+        # Nothing of the killed run outlives the clean-up and comes back later.
+        time.sleep(15)
+        _nothing_left(name)
 
 
-@pytest.mark.parametrize("point", EARLY_POINTS)
+@pytest.mark.parametrize("point", list(POINTS))
 def test_ctrl_c_during_up_leaves_nothing(lab_host: ImageStore, point: str) -> None:
-    with _ups(f"interrupted-{point}") as (up,):
-        _stop_at(up, point, signal.SIGINT)  # what a terminal sends on Ctrl-C
-        _interrupted_run_leaves_nothing(up)
-
-
-def test_killed_and_ctrl_c_at_settle(lab_host: ImageStore) -> None:
-    """The settle point comes after a whole boot: the two runs boot side by side (one boot's
-    cost), one is SIGKILLed and the other gets Ctrl-C as each starts settling."""
-    with _ups("killed-settle", "interrupted-settle") as (killed, interrupted):
-        with ThreadPoolExecutor(2) as pool:
-            stops = [pool.submit(_stop_at, killed, "settle", signal.SIGKILL),
-                     pool.submit(_stop_at, interrupted, "settle", signal.SIGINT)]
-            for stop in stops:
-                stop.result()
-        # The interrupted run cleans up after itself first: while its owner lives, its lease
-        # is not stale, and destroy_stale must leave it alone.
-        _interrupted_run_leaves_nothing(interrupted)
-        _killed_run_is_cleaned_by_destroy_stale(killed, "settle")
+    name = f"interrupted-{point}"
+    with _up_stopped_at(point, signal.SIGINT, name) as up:  # what a terminal sends on Ctrl-C
+        assert up.proc.wait(timeout=120) != 0
+        _nothing_left(name)
 
 
 def test_a_process_outside_the_daemons_namespace_is_refused(lab_host: ImageStore) -> None:
