@@ -8,6 +8,7 @@ import json
 import pytest
 
 from lab.ganeti import versions
+from lab.ganeti.bootstrap import EMULATION_MAX_RUNNING_JOBS
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.health import check
 from lab.ganeti.rapi import RapiAuthError, RapiClient, RapiError
@@ -32,6 +33,9 @@ def _check_cluster(c: Cluster) -> None:
     assert set(c.plan.disk_templates) <= set(info["enabled_disk_templates"])
     assert set(info["enabled_hypervisors"]) == {"fake", "kvm"}
     assert info["master_netdev"] == "br0"
+    # Under emulation the lab lets fewer jobs run at once (lab/ganeti/bootstrap.py says why).
+    emulated = c.lab.accelerator.startswith("tcg")
+    assert info["max_running_jobs"] == (EMULATION_MAX_RUNNING_JOBS if emulated else 20)
 
 
 @pytest.mark.lab(layout="one-cluster")
