@@ -72,7 +72,7 @@ def recipes(root: Path | None = None) -> dict[str, Recipe]:
         name="base",
         packages=tuple(read_packages(root / "base.packages")),
         setup_script="base-setup.sh",
-        files=("lab-firstboot", "lab-firstboot.service"),
+        files=("lab-firstboot", "lab-firstboot.service", "lab-wait-nics"),
     )
     hypervisor = Recipe(
         name="hypervisor",

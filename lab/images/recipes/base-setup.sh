@@ -41,10 +41,29 @@ install -m 0755 /tmp/lab-recipe/lab-firstboot /usr/local/sbin/lab-firstboot
 install -m 0644 /tmp/lab-recipe/lab-firstboot.service /etc/systemd/system/lab-firstboot.service
 systemctl enable lab-firstboot.service
 
-# Timers that would only burn CPU in a TCG guest with no network.
-for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer man-db.timer; do
+# Units that would only burn CPU in a TCG guest (several machines booting on two host
+# cores): timers of a networked desktop, e2scrub's boot-time reap (no LVM snapshots of ext4
+# here), binfmt registration, LVM's dmeventd monitoring (Ganeti's plain LVs are linear).
+for unit in apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer fstrim.timer man-db.timer \
+        e2scrub_reap.service systemd-binfmt.service lvm2-monitor.service; do
     systemctl mask "$unit" 2>/dev/null || true
 done
+systemctl set-default multi-user.target
+
+# ifupdown-pre waits for udev to settle every device before networking starts: under TCG
+# that is 20 s on the path to SSH of every boot, for interfaces whose names are fixed
+# (net.ifnames=0). Networking needs only its NICs to exist: wait for those.
+mkdir -p /etc/systemd/system/ifupdown-pre.service.d
+cat > /etc/systemd/system/ifupdown-pre.service.d/lab.conf <<'UNIT'
+[Unit]
+# lab-firstboot writes the lab network's interfaces first.
+After=lab-firstboot.service
+
+[Service]
+ExecStart=
+ExecStart=/usr/local/sbin/lab-wait-nics
+UNIT
+install -m 0755 /tmp/lab-recipe/lab-wait-nics /usr/local/sbin/lab-wait-nics
 # A serial console is the lab's log of last resort; keep it quiet but present.
 systemctl enable serial-getty@ttyS0.service 2>/dev/null || true
 
