@@ -64,14 +64,21 @@ def cmd_cluster_health(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+NIGHTLY_TESTS = ("tests/test_bench.py::test_smoke_smallest_bench_on_a_tiny_lab",
+                 "tests/test_plain_vagrant.py")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """The main job: images if needed, the lab, every scenario, timings and report."""
     import pytest
 
     run_id = new_run_id()
     os.environ["GANETI_LAB_RUN_ID"] = run_id
-    argv = [args.scenarios, f"--lab-profile={args.profile}", f"--lab-keep={args.keep}",
-            f"--lab-runs={args.runs}", "-p", "no:cacheprovider", "-v"]
+    # The tests CI leaves to the nightly run, when the project's tests are at hand.
+    nightly = [test for test in NIGHTLY_TESTS if Path(test.split("::")[0]).exists()]
+    argv = [args.scenarios, *nightly, "--lab-nightly", f"--lab-profile={args.profile}",
+            f"--lab-keep={args.keep}", f"--lab-runs={args.runs}", "-p", "no:cacheprovider",
+            "-v"]
     if args.topology:
         argv.append(f"--lab-topology={args.topology}")
     if args.name:

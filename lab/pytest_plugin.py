@@ -58,6 +58,10 @@ _report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
 _versions_key = pytest.StashKey[tuple[dict[str, Cluster], dict[str, str]]]()
 
 
+NIGHTLY_ONLY = ("nightly only (ganeti-lab run, or --lab-nightly): each boots a lab of its own, "
+                "kept out of CI's time limit until lab boots are faster (README)")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     g = parser.getgroup("ganeti-lab", "ganeti-lab labs")
     g.addoption("--lab-topology", default=None,
@@ -75,6 +79,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--lab-artifacts", default=None,
                 help="where failed tests' artifacts go (default: runs/<run-id>/artifacts)")
     g.addoption("--lab-runs", default="runs", help="directory of run records (default: runs)")
+    g.addoption("--lab-nightly", action="store_true",
+                help="also run the tests marked nightly (ganeti-lab run does; CI does not)")
     g.addoption("--lab-profile", choices=("small", "full"), default="small",
                 help="scenario size profile: small (CI) or full (nightly, ganeti-lab run)")
 
@@ -88,6 +94,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "lab(layout=NAME): the test needs the lab's clusters in layout NAME "
                    "(e.g. one-cluster, two-clusters)")
+    config.addinivalue_line(
+        "markers", "nightly: a lab test of its own lab that runs nightly (ganeti-lab run, "
+                   "--lab-nightly) and not in CI, to keep CI within its time limit")
     workerinput = getattr(config, "workerinput", None)  # set by pytest-xdist on workers
     worker = workerinput["workerid"] if workerinput else None
     run_id = ((workerinput or {}).get("lab_run_id") or os.environ.get("GANETI_LAB_RUN_ID")
@@ -169,6 +178,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return (1, marker.kwargs.get("layout", "") if marker else "")
 
     items.sort(key=key)
+    if not config.getoption("--lab-nightly"):
+        skip = pytest.mark.skip(reason=NIGHTLY_ONLY)
+        for item in items:
+            if item.get_closest_marker("nightly"):
+                item.add_marker(skip)
 
 
 # Fixtures -------------------------------------------------------------------------------------

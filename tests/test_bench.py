@@ -558,6 +558,7 @@ def test_bootstrap_breakdown_of_an_unknown_layout_does_not_mask_the_error() -> N
 
 
 @pytest.mark.slow
+@pytest.mark.nightly
 def test_smoke_smallest_bench_on_a_tiny_lab(lab_host: ImageStore, tmp_path: Path) -> None:
     """`ganeti-lab bench --smallest --output FILE`, the command itself, on a real tiny lab."""
     import subprocess

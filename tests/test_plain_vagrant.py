@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from lab import virt
 from lab.images import ImageStore
 from lab.leases import LeaseBook
@@ -26,6 +28,7 @@ def _env_from_prepare() -> dict[str, str]:
     return env
 
 
+@pytest.mark.nightly
 def test_plain_vagrant_up_and_ssh(lab_host: ImageStore) -> None:
     destroy(NAME)
     env = _env_from_prepare()

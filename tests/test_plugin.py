@@ -620,3 +620,36 @@ def test_sigterm_ends_the_session_with_its_teardown(pytester: pytest.Pytester) -
             proc.kill()
     assert marker.read_text() == "torn down", out
     assert "signal 15" in out
+
+
+def test_nightly_tests_are_skipped_unless_asked_for(run, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_n="""
+import pytest
+
+@pytest.mark.nightly
+def test_own_lab(): pass
+
+def test_plain(): pass
+""")
+    ci = run("-rs")
+    assert outcomes(ci) == {"passed": 1, "skipped": 1}
+    ci.stdout.fnmatch_lines(["*nightly only (ganeti-lab run, or --lab-nightly)*"])
+    assert outcomes(run("--lab-nightly")) == {"passed": 2}
+
+
+def test_the_nightly_run_takes_the_tests_ci_leaves_to_it(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    import argparse
+
+    from lab import cli_more
+
+    seen: list[list[str]] = []
+    monkeypatch.setattr("pytest.main", lambda argv: seen.append(argv) or 0)
+    monkeypatch.chdir(Path(__file__).parent.parent)  # the project's tree: tests/ at hand
+    args = argparse.Namespace(scenarios="scenarios", profile="full", keep="failed",
+                              runs=str(tmp_path), topology=None, name=None, reuse=False,
+                              pytest_args=[])
+    assert cli_more.cmd_run(args) == 0
+    (argv,) = seen
+    assert argv[:4] == ["scenarios", *cli_more.NIGHTLY_TESTS, "--lab-nightly"]
+    assert "--lab-profile=full" in argv
