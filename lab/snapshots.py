@@ -106,6 +106,11 @@ def save(lab: Lab, name: str, meta: dict[str, Any] | None = None, replace: bool 
         finally:
             for dom in paused:
                 dom.resume()
+    if paused:
+        # The guests stood still while their memory was written (seconds, more with more
+        # machines), so their clocks are behind by that long: a health check or Ganeti right
+        # after the save would see the skew (CI: 6 s after a layout snapshot).
+        resync_clocks(lab, domains={dom.name() for dom in paused})
     _keep_state_files(lab, name)
     snap = Snapshot(name, dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                     round(time.monotonic() - started, 2), [m.name for m in lab.plan.machines],
@@ -175,13 +180,17 @@ def _restore_state_files(lab: Lab, name: str) -> None:
             current.unlink(missing_ok=True)
 
 
-def resync_clocks(lab: Lab, timeout: float = 180.0) -> None:
-    """Set each guest's clock from the host's: Ganeti rejects nodes with clock skew."""
+def resync_clocks(lab: Lab, timeout: float = 180.0, domains: set[str] | None = None) -> None:
+    """Set each guest's clock (or only those of ``domains``) from the host's: Ganeti rejects
+    nodes with clock skew."""
     def fix(m: Any) -> None:
         m.wait_for_ssh(timeout=timeout)
         m.succeed(f"date -u -s @{time.time():.3f} >/dev/null")
 
-    lab.on_all(fix)
+    if domains is None:
+        lab.on_all(fix)
+    else:
+        lab.on_all(fix, [lab.machine(p.name) for p in lab.plan.machines if p.domain in domains])
 
 
 def delete(lab: Lab, name: str) -> None:
