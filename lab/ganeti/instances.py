@@ -197,8 +197,8 @@ class InstanceFactory:
             log.warning("%s: cannot list instances to remove %s: %s", self.cluster.name,
                         ", ".join(self.made), exc)
             return []
-        # All at once, as an operator clearing a cluster would: Ganeti runs removals of
-        # instances on different nodes side by side.
+        # All submitted at once, as an operator clearing a cluster would: Ganeti runs them
+        # side by side up to the cluster's running-job limit (one under emulation).
         jobs = JobSet(self.cluster.rapi, timeout=JOB_TIMEOUT)
         for name in reversed(self.made):
             if name in present:
