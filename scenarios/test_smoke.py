@@ -71,7 +71,7 @@ def test_instances_through_rapi(lab_reset: object, cluster: Cluster, timings: Ti
     for name, spec in made.items():
         assert states[name]["disk_template"] == spec["template"]
         assert states[name]["pnode"] == spec["pnode"]
-        assert cluster.rapi.instance(name)["status"] == "ADMIN_down"
+        assert states[name]["status"] == "ADMIN_down"
         # The lab OS made a filesystem, eager or lazy as asked.
         assert read_marker(cluster, name, located[name]) == {
             "instance": name, "variant": VARIANT[spec["template"]], "hypervisor": "fake"}
