@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import tomllib
 from pathlib import Path
@@ -180,8 +181,8 @@ def test_median_and_rounding() -> None:
 def test_timed_records_seconds_or_the_failed_step() -> None:
     doc: dict[str, Any] = {}
     with bench._timed(doc, "a_seconds"):
-        pass
-    assert doc["a_seconds"] >= 0
+        time.sleep(0.05)
+    assert 0.05 <= doc["a_seconds"] < 5
     with pytest.raises(RuntimeError), bench._timed(doc, "outer"), bench._timed(doc, "inner"):
         raise RuntimeError("boom")
     assert doc["failed_step"] == "inner"
@@ -211,6 +212,27 @@ def test_baseline_method_says_what_is_excluded() -> None:
 # The orchestration, with every lab, image and libvirt call faked -------------------------------
 
 
+class _Clock:
+    """The monotonic clock of a faked bench run: it moves only when a faked step takes time,
+    so every figure the bench computes is known exactly."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+CLOCK = _Clock()
+# What each faked step takes, in seconds.
+PREPARE, BOOT, COMMAND, INIT, NODE_ADD, VERIFY = 2.0, 40.0, 0.5, 10.0, 20.0, 6.0
+SAVE, RESTORE, HEALTH, RAPI_UP, SETTLE, DESTROY = 5.0, 3.0, 0.25, 1.0, 7.0, 1.5
+BOOTSTRAP = INIT + NODE_ADD + VERIFY  # a faked cluster of two nodes
+
+
 class _FakeMachine:
     def __init__(self, name: str, log: list[str]) -> None:
         self.name, self.log = name, log
@@ -223,6 +245,7 @@ class _FakeMachine:
 
     def succeed(self, command: str, timeout: float = 0) -> str:
         self.log.append(f"{self.name}: {command.split()[0]}")
+        CLOCK.advance(COMMAND)
         return "3.0.2-3" if command.startswith("dpkg-query") else ""
 
     def write_file(self, remote: str, text: str, mode: int = 0o644) -> None:
@@ -245,11 +268,12 @@ class _FakeLab:
     @classmethod
     def prepare(cls, topo: topology.Topology, name: str, store: Any) -> _FakeLab:
         cls.made.append(name)
+        CLOCK.advance(PREPARE)
         return cls(topo, name)
 
     def up(self, steps: Any) -> None:
         with steps.step("boot"):
-            time.sleep(0.002)
+            CLOCK.advance(BOOT)
 
     def on_all(self, fn: Any, machines: Any = None) -> dict[str, Any]:
         return {m.name: fn(m) for m in self.hypervisors}
@@ -271,6 +295,7 @@ def faked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
 
     calls: dict[str, list[str]] = {"destroyed": [], "layouts": [], "restores": []}
     _FakeLab.made = []
+    monkeypatch.setattr(time, "monotonic", CLOCK)
     monkeypatch.setenv("GANETI_LAB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(topology, "host_memory", lambda: BIG_HOST)  # any CI host fits
     # Each fake replaces a name in the module of lab.bench that looks it up.
@@ -287,35 +312,50 @@ def faked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
     monkeypatch.setattr("lab.bench.cleanup.LeaseBook",
                         lambda: SimpleNamespace(get=lambda name: None))
     monkeypatch.setattr(virt, "find", lambda prefix="": virt.LabObjects())
-    monkeypatch.setattr("lab.bench.cleanup.destroy",
-                        lambda name: calls["destroyed"].append(name))
+    def destroy(name: str) -> None:
+        calls["destroyed"].append(name)
+        CLOCK.advance(DESTROY)
+
+    monkeypatch.setattr("lab.bench.cleanup.destroy", destroy)
 
     def ensure_layout(lab: _FakeLab, layout: str, timings: Any) -> None:
         calls["layouts"].append(f"{lab.name}:{layout}")
-        time.sleep(0.002)
-        for cp in lab.plan.layouts[layout]:
+        for cp in lab.plan.layouts[layout]:  # one after the other: the figure is their sum
             with timings.phase(f"{cp.name}: gnt-cluster init"):
-                pass
+                CLOCK.advance(INIT)
             with timings.phase(f"{cp.name}: gnt-node add nodeX.lab"):
-                pass
+                CLOCK.advance(NODE_ADD)
             with timings.phase(f"{cp.name}: gnt-cluster verify"):
-                pass
+                CLOCK.advance(VERIFY)
 
     monkeypatch.setattr("lab.bench.labs.ensure_layout", ensure_layout)
     monkeypatch.setattr("lab.bench.baseline.form_layout", ensure_layout)
-    verify = SimpleNamespace(ok=True, warnings=["w"], errors=[], output="")
+    def verify() -> SimpleNamespace:
+        CLOCK.advance(VERIFY)
+        return SimpleNamespace(ok=True, warnings=["w"], errors=[], output="")
+
+    def save(lab: Any, name: str) -> SimpleNamespace:
+        CLOCK.advance(SAVE)
+        return SimpleNamespace(seconds=SAVE - 0.5)  # libvirt's part of it
+
+    def healthy(cluster: Any) -> SimpleNamespace:
+        CLOCK.advance(HEALTH)
+        return SimpleNamespace(seconds=HEALTH)
+
+    def rapi_answers(cluster: Any) -> int:
+        CLOCK.advance(RAPI_UP)
+        return 2
+
     monkeypatch.setattr("lab.bench.labs.clusters_of", lambda lab, layout: {
-        cp.name: SimpleNamespace(verify=lambda: verify) for cp in lab.plan.layouts[layout]})
-    monkeypatch.setattr(snapshots, "save",
-                        lambda lab, name: SimpleNamespace(seconds=0.5))
+        cp.name: SimpleNamespace(verify=verify) for cp in lab.plan.layouts[layout]})
+    monkeypatch.setattr(snapshots, "save", save)
     monkeypatch.setattr(snapshots, "delete", lambda lab, name: None)
-    monkeypatch.setattr("lab.bench.labs.ensure_healthy",
-                        lambda cluster: SimpleNamespace(seconds=0.1))
-    monkeypatch.setattr("lab.bench.labs.wait_rapi", lambda cluster: 2)
+    monkeypatch.setattr("lab.bench.labs.ensure_healthy", healthy)
+    monkeypatch.setattr("lab.bench.labs.wait_rapi", rapi_answers)
 
     def restore(lab: Any, name: str) -> None:
         calls["restores"].append(name)
-        time.sleep(0.002)
+        CLOCK.advance(RESTORE)
 
     monkeypatch.setattr(snapshots, "restore", restore)
     monkeypatch.setattr("lab.bench.baseline.baseline_inputs", lambda store, steps: (
@@ -324,8 +364,9 @@ def faked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
     monkeypatch.setattr("lab.bench.baseline._use_box", lambda lab, box, directory: None)
     monkeypatch.setattr(virt, "ensure_default_pool", lambda: None)
     monkeypatch.setattr(virt, "ensure_networks", lambda plan: None)
-    monkeypatch.setattr(shell, "run", lambda argv, **kw: None)
-    monkeypatch.setattr("lab.bench.baseline.settle", lambda lab: None)
+    monkeypatch.setattr(shell, "run", lambda argv, **kw: CLOCK.advance(
+        BOOT if argv[:2] == ["vagrant", "up"] else 0))
+    monkeypatch.setattr("lab.bench.baseline.settle", lambda lab: CLOCK.advance(SETTLE))
     return calls
 
 
@@ -346,27 +387,44 @@ def test_run_bench_assembles_every_section_with_fakes(faked: dict[str, list[str]
     assert len(lab["per_test_reset_samples"]) == bench.RESET_SAMPLES
     assert lab["verify_after_restore"] == {"cluster1": {"ok": True, "warnings": 1}}
     assert faked["restores"] == ["cluster-one-cluster-3.0"] * (2 + bench.RESET_SAMPLES)
-    assert lab["restore_to_healthy_seconds"] > 0
-    assert lab["health_check_seconds"] == {"cluster1": 0.1}
+    assert lab["prepare_seconds"] == PREPARE and lab["up_seconds"] == BOOT
+    assert lab["cold_start_to_ssh_seconds"] == PREPARE + BOOT
+    assert lab["bootstrap_one_cluster_seconds"] == BOOTSTRAP
+    assert lab["bootstrap_two_clusters_seconds"] == 2 * BOOTSTRAP
+    assert lab["snapshot_save_seconds"] == SAVE
+    assert lab["restore_to_verified_cluster_seconds"] == RESTORE + VERIFY
+    assert lab["restore_to_healthy_seconds"] == RESTORE + HEALTH
+    assert lab["health_check_seconds"] == {"cluster1": HEALTH}
+    assert lab["per_test_reset_samples"] == [RESTORE + RAPI_UP] * bench.RESET_SAMPLES
+    assert lab["per_test_reset_seconds"] == RESTORE + RAPI_UP
 
     base = doc["baseline"]
     assert "error" not in base, base.get("error")
     assert base["method"] == bench.BASELINE_METHOD
     assert list(base["provision"]) == ["node1", "node2", "node3", "node4"]
     assert base["provision"]["node1"]["ganeti_version"] == "3.0.2-3"
-    for key in ("prepare_seconds", "vagrant_up_seconds", "provision_seconds",
-                "settle_seconds", "bootstrap_seconds", "total_seconds"):
-        assert base[key] >= 0, key
-    assert base["bootstrap"]["clusters"]["cluster1"]["init_seconds"] is not None
+    # Each hypervisor: unpack the .debs, install them, run the setup script, read the
+    # version: four faked commands.
+    provision = 4 * 4 * COMMAND
+    assert {k: base[k] for k in ("prepare_seconds", "vagrant_up_seconds", "provision_seconds",
+                                 "settle_seconds", "bootstrap_seconds", "total_seconds")} == {
+        "prepare_seconds": PREPARE, "vagrant_up_seconds": BOOT, "provision_seconds": provision,
+        "settle_seconds": SETTLE, "bootstrap_seconds": BOOTSTRAP,
+        "total_seconds": PREPARE + BOOT + provision + SETTLE + BOOTSTRAP}
+    assert base["bootstrap"]["clusters"]["cluster1"]["init_seconds"] == INIT
 
     ratios = doc["ratios"]
     assert ratios["same_shape"] is True
-    assert ratios["cold_start_and_bootstrap_over_baseline"] > 0
+    ours = PREPARE + BOOT + BOOTSTRAP
+    assert ratios["cold_start_and_bootstrap_over_baseline"] == round(
+        ours / base["total_seconds"], 4)
     each = ratios["each_figure"]
     assert all(("baseline_over_ours" in e) != ("missing" in e) for e in each.values()), each
     assert each["images.cold_build_seconds"]["missing"] == "images.cold_build_seconds"
-    assert each["lab.bootstrap_one_cluster_seconds"]["baseline_over_ours"] > 0
-    assert ratios["per_test_reset_over_baseline"] > 0
+    # Both bootstraps run the same faked steps.
+    assert each["lab.bootstrap_one_cluster_seconds"]["baseline_over_ours"] == 1.0
+    assert ratios["per_test_reset_over_baseline"] == round(
+        (RESTORE + RAPI_UP) / base["total_seconds"], 5)
 
     scaling = doc["scaling"]
     assert [x["hypervisors"] for x in scaling["labs"]] == list(bench.SCALE_SIZES)
@@ -374,7 +432,9 @@ def test_run_bench_assembles_every_section_with_fakes(faked: dict[str, list[str]
     pair = scaling["two_tiny_labs_at_once"]
     assert "error" not in pair, pair.get("error")
     assert set(pair["labs"]) == set(bench.PAIR_NAMES)
-    assert all(v["up_seconds"] >= 0 for v in pair["labs"].values())
+    # The two boots share the faked clock: each took one boot, or two if they overlapped.
+    assert all(BOOT <= v["up_seconds"] <= 2 * BOOT for v in pair["labs"].values()), pair
+    assert pair["up_wall_seconds"] == 2 * BOOT
 
     made = [bench.LAB_NAME, bench.BASELINE_NAME,
             *(f"bench-scale-{n}" for n in bench.SCALE_SIZES), *bench.PAIR_NAMES]
@@ -462,9 +522,9 @@ def test_a_failing_step_is_recorded_and_the_lab_still_destroyed(
     lab = doc["lab"]
     assert lab["error"].startswith("LabError: restore went wrong")
     assert lab["failed_step"] == "restore_to_verified_cluster_seconds"
-    assert lab["snapshot_save_seconds"] >= 0  # what was measured before is kept
+    assert lab["snapshot_save_seconds"] == SAVE  # what was measured before is kept
     assert faked["destroyed"] == [bench.LAB_NAME]
-    assert lab["destroy_seconds"] >= 0
+    assert lab["destroy_seconds"] == DESTROY
     assert doc["baseline"] == {"skipped": True, "reason": "--smallest"}
 
 
@@ -478,10 +538,10 @@ def test_an_interrupt_keeps_what_was_measured_and_destroys_the_lab(
     monkeypatch.setattr("lab.bench.labs.ensure_layout", interrupted)
     doc = bench.run_bench(_args(smallest=True))
     assert doc["interrupted"] == {"section": "lab", "signal": "signal 15"}
-    assert doc["images"]["warm_build_seconds"] >= 0  # measured before: kept
+    assert doc["images"]["warm_build_seconds"] == 0.0  # measured before: kept
     assert "lab" not in doc and "scaling" not in doc
     assert faked["destroyed"] == [bench.LAB_NAME]
-    assert doc["total_seconds"] >= 0
+    assert doc["total_seconds"] == PREPARE + BOOT + DESTROY
     assert "**Interrupted** (signal 15) in section lab" in markdown(doc)
 
 
@@ -540,7 +600,7 @@ def test_a_lab_that_fails_to_close_is_still_destroyed(faked: dict[str, list[str]
     doc: dict[str, Any] = {}
     _destroy("bench-x", Unclosable(), doc)  # type: ignore[arg-type]
     assert faked["destroyed"] == ["bench-x"]
-    assert doc["destroy_seconds"] >= 0 and "destroy_error" not in doc
+    assert doc["destroy_seconds"] == DESTROY and "destroy_error" not in doc
 
 
 def test_bootstrap_breakdown_of_an_unknown_layout_does_not_mask_the_error() -> None:
@@ -580,32 +640,31 @@ def test_smoke_smallest_bench_on_a_tiny_lab(lab_host: ImageStore, tmp_path: Path
             "total_seconds"} <= set(doc)
 
     host = doc["host"]
-    assert host["cores"] > 0
+    assert host["cores"] == os.cpu_count()
     assert host["accelerator"]["name"] in ("kvm", "tcg")
     assert host["accelerator"]["reason"]
 
     images = doc["images"]
     assert images["cold_build_seconds"] is None
     assert images["cold_build_skipped"] == "--smallest"
-    assert images["warm_build_seconds"] > 0
+    assert isinstance(images["warm_build_seconds"], float)
 
     lab = doc["lab"]
     assert "error" not in lab, lab["error"]
     assert lab["hypervisors"] == 1
-    for key in ("cold_start_to_ssh_seconds", "prepare_seconds", "up_seconds",
-                "bootstrap_one_cluster_seconds", "snapshot_save_seconds",
-                "restore_to_healthy_seconds", "restore_to_verified_cluster_seconds",
-                "per_test_reset_seconds",
-                "destroy_seconds"):
-        assert lab[key] > 0, key
-    assert lab["cold_start_to_ssh_seconds"] >= lab["up_seconds"]
-    assert lab["up_steps"] and all(v >= 0 for v in lab["up_steps"].values())
+    # Figures that contain others are at least their sum (0.01 s: each is rounded).
+    assert lab["cold_start_to_ssh_seconds"] >= lab["prepare_seconds"] + lab["up_seconds"] - 0.01
+    assert "SSH on every machine" in lab["up_steps"], lab["up_steps"]
+    assert any(step.startswith("boot ") for step in lab["up_steps"]), lab["up_steps"]
+    assert lab["up_seconds"] >= sum(lab["up_steps"].values()) - 0.01 * len(lab["up_steps"])
     assert len(lab["per_test_reset_samples"]) == bench.RESET_SAMPLES
-    assert all(s > 0 for s in lab["per_test_reset_samples"])
+    assert lab["per_test_reset_seconds"] == bench.median(lab["per_test_reset_samples"])
     assert all(v["ok"] for v in lab["verify_after_restore"].values())
     (cluster,) = lab["bootstrap"]["clusters"].values()
-    assert cluster["init_seconds"] > 0
-    assert cluster["verify_seconds"] > 0
+    assert lab["bootstrap_one_cluster_seconds"] >= (
+        cluster["init_seconds"] + cluster["verify_seconds"] - 0.01)
+    (health,) = lab["health_check_seconds"].values()
+    assert lab["restore_to_healthy_seconds"] >= health - 0.01
     assert cluster["node_add_seconds"] == {}  # the tiny lab's cluster has one node
     assert lab["bootstrap_two_clusters_seconds"] is None
     assert lab["bootstrap_two_clusters_skipped"]

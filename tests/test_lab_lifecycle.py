@@ -52,15 +52,12 @@ def test_snapshot_restore_undoes_changes_on_every_machine(lab: Lab) -> None:
     try:
         assert "lifecycle-test" in [s.name for s in snapshots.list_snapshots(lab)]
         lab.on_all(lambda m: m.succeed("echo changed > /root/after-snapshot && sync"))
-        started = time.monotonic()
         snapshots.restore(lab, snap.name)
-        restored_in = time.monotonic() - started
         left = lab.on_all(lambda m: m.run("test -e /root/after-snapshot").ok)
         assert not any(left.values()), f"change survived the restore on {left}"
         # Clocks were resynchronised: the guests do not live in the snapshot's past.
         skew = lab.on_all(lambda m: abs(float(m.succeed("date +%s.%N")) - time.time()))
         assert max(skew.values()) < 10, skew
-        assert restored_in > 0
     finally:
         snapshots.delete(lab, "lifecycle-test")
     assert "lifecycle-test" not in [s.name for s in snapshots.list_snapshots(lab)]
