@@ -521,153 +521,6 @@ def _phase_rows(run: _Run) -> list[dict[str, Any]]:
     ]
 
 
-_TEMPLATE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>ganeti-lab timings &ndash; {{ run.run_id }}</title>
-<style>
-  body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
-         color: #1d1d1f; margin: 0; background: #f6f7f9; }
-  main { max-width: 1180px; margin: 0 auto; padding: 24px 28px 48px; background: #fff;
-         min-height: 100vh; box-shadow: 0 0 0 1px #e3e5e8; }
-  h1 { font-size: 22px; margin: 0 0 2px; }
-  h1 code { font-size: 21px; }
-  h2 { font-size: 17px; margin: 32px 0 10px; padding-bottom: 4px;
-       border-bottom: 1px solid #e3e5e8; }
-  .sub { color: #5c6370; margin: 0 0 16px; }
-  code, .mono { font-family: ui-monospace, "DejaVu Sans Mono", Menlo, Consolas, monospace; }
-  .facts { display: flex; flex-wrap: wrap; gap: 8px; margin: 0; padding: 0; }
-  .facts div { background: #f1f3f6; border-radius: 6px; padding: 6px 12px; }
-  .facts dt { font-size: 11px; text-transform: uppercase; letter-spacing: .04em;
-              color: #5c6370; }
-  .facts dd { margin: 0; font-weight: 600; }
-  table { border-collapse: collapse; width: 100%; font-size: 13px; }
-  th, td { padding: 4px 8px; text-align: left; vertical-align: top; }
-  th { background: #f1f3f6; font-weight: 600; border-bottom: 1px solid #d8dbe0; }
-  tbody tr:nth-child(even) { background: #fafbfc; }
-  tbody tr:hover { background: #eef4ff; }
-  td.num, th.num { text-align: right; font-variant-numeric: tabular-nums;
-                   white-space: nowrap; }
-  tr.top td { font-weight: 600; border-top: 1px solid #e3e5e8; }
-  .bar { background: #e8ecf2; width: 90px; height: 9px; border-radius: 2px;
-         display: inline-block; vertical-align: middle; }
-  .bar span { display: block; height: 100%; background: #3b7dd8; border-radius: 2px; }
-  .outcome { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px;
-             font-weight: 600; }
-  .o-passed { background: #e3f4e6; color: #17692b; }
-  .o-failed { background: #fde3e3; color: #b00000; }
-  .o-interrupted { background: #fff0dc; color: #9a5300; }
-  .o-skipped { background: #eceef1; color: #5c6370; }
-  .o-xfailed { background: #efe6f7; color: #5b3a86; }
-  .kv { display: inline-block; background: #f1f3f6; border-radius: 4px; padding: 0 5px;
-        margin: 1px 3px 1px 0; font-size: 12px; }
-  .kv b { font-weight: 500; color: #5c6370; }
-  .err { color: #b00000; font-size: 12px; }
-  tr.regress td { background: #fde3e3; }
-  tr.regress td.ratio { color: #b00000; font-weight: 700; }
-  td.better { color: #17692b; }
-  img { max-width: 100%; height: auto; display: block; margin: 8px 0; }
-  .note { color: #5c6370; font-size: 12px; }
-  .this { font-weight: 700; }
-</style>
-</head>
-<body>
-<main>
-<h1>Run <code>{{ run.run_id }}</code></h1>
-<p class="sub">started {{ run.started }} · duration {{ run.duration }}
-  · {{ run.counts }}{% if runs|length > 1 %} · compared with {{ runs|length - 1 }}
-  earlier run{{ "s" if runs|length > 2 }}{% endif %}</p>
-{% if facts %}
-<dl class="facts">
-{% for label, value in facts %}  <div><dt>{{ label }}</dt><dd>{{ value }}</dd></div>
-{% endfor %}</dl>
-{% endif %}
-
-<h2>Phases</h2>
-{% if phases %}
-<table>
-<thead><tr><th>Phase</th><th class="num">Start</th><th class="num">Seconds</th>
-<th>Share of run</th><th>Outcome</th><th>Metrics</th></tr></thead>
-<tbody>
-{% for p in phases %}<tr{% if p.depth == 0 %} class="top"{% endif %}>
-  <td style="padding-left: {{ 8 + 18 * p.depth }}px">{{ p.name }}</td>
-  <td class="num">{{ p.offset }}</td>
-  <td class="num">{{ p.seconds }}</td>
-  <td><span class="bar"><span style="width: {{ '%.1f' % p.share }}%"></span></span></td>
-  <td><span class="outcome o-{{ p.outcome }}">{{ p.outcome }}</span></td>
-  <td>{% for k, v in p.metrics %}<span class="kv"><b>{{ k }}</b> {{ v }}</span>{% endfor %}
-    {%- if p.error %}<div class="err">{{ p.error }}</div>{% endif %}</td>
-</tr>
-{% endfor %}</tbody>
-</table>
-{% else %}
-<p class="note">No phases were recorded in this run.</p>
-{% endif %}
-
-{% if timeline %}
-<h2>Timeline</h2>
-<img src="{{ timeline }}" alt="timeline of the phases of run {{ run.run_id }}">
-{% if timeline_cut is not none %}<p class="note">Phases nested deeper than level
-{{ timeline_cut }} are left out of the plot to keep it readable; the table lists all.</p>
-{% endif %}
-{% endif %}
-
-{% if runs|length > 1 %}
-<h2>Trend</h2>
-<p class="note">Seconds per run over run start time for {{ plotted|length }}
-phases: regressions first, then the slowest. Dashed: median of the earlier runs;
-big dot: this run (red when more than &times;{{ threshold }} the median);
-red crosses: failed runs.</p>
-{% if trend_png %}<img src="{{ trend_png }}" alt="trend of phase durations across runs">{% endif %}
-{% if trends %}
-<table>
-<thead><tr><th>Phase</th><th class="num">This run</th><th class="num">Median earlier</th>
-<th class="num">Ratio</th><th class="num">Earlier runs</th></tr></thead>
-<tbody>
-{% for t in trends %}<tr{% if t.regressed %} class="regress"{% endif %}>
-  <td>{{ t.key }}</td>
-  <td class="num">{{ t.latest }}</td>
-  <td class="num">{{ t.median }}</td>
-  <td class="num ratio{% if t.better %} better{% endif %}">{{ t.ratio }}</td>
-  <td class="num">{{ t.earlier_runs }}</td>
-</tr>
-{% endfor %}</tbody>
-</table>
-{% else %}
-<p class="note">No phase of this run appears in an earlier run.</p>
-{% endif %}
-
-<h2>Runs</h2>
-<table>
-<thead><tr><th>Run</th><th>Started</th><th class="num">Duration</th><th>Outcome</th>
-<th>Git commit</th></tr></thead>
-<tbody>
-{% for r in runs %}<tr{% if loop.last %} class="this"{% endif %}>
-  <td class="mono">{{ r.run_id }}{% if loop.last %} (this run){% endif %}</td>
-  <td>{{ r.started }}</td><td class="num">{{ r.duration }}</td>
-  <td>{{ r.counts }}</td><td class="mono">{{ r.commit }}</td>
-</tr>
-{% endfor %}</tbody>
-</table>
-{% endif %}
-
-{% if host or meta %}
-<h2>Host and run metadata</h2>
-<table>
-<tbody>
-{% for k, v in host %}<tr><th>host.{{ k }}</th><td class="mono">{{ v }}</td></tr>
-{% endfor %}{% for k, v in meta %}<tr><th>meta.{{ k }}</th><td class="mono">{{ v }}</td></tr>
-{% endfor %}</tbody>
-</table>
-{% endif %}
-<p class="note">Generated {{ generated }} from {{ source }}.</p>
-</main>
-</body>
-</html>
-"""
-
-
 def _counts(run: _Run) -> str:
     seen: dict[str, int] = {}
     for p in run.phases:
@@ -745,8 +598,9 @@ def render(run_dirs: list[Path], out: Path | None = None) -> Path:
             for t in comparable
         ]
 
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    html = env.from_string(_TEMPLATE).render(
+    env = jinja2.Environment(loader=jinja2.PackageLoader("lab", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    html = env.get_template("report.html.j2").render(
         run=_run_summary(this),
         runs=[_run_summary(r) for r in runs],
         facts=_facts(this),
