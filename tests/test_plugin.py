@@ -641,7 +641,7 @@ def test_the_nightly_run_takes_the_tests_ci_leaves_to_it(monkeypatch: pytest.Mon
                                                           tmp_path: Path) -> None:
     import argparse
 
-    from lab import cli_more
+    from lab.cli import run as cli_run
 
     seen: list[list[str]] = []
     monkeypatch.setattr("pytest.main", lambda argv: seen.append(argv) or 0)
@@ -649,7 +649,7 @@ def test_the_nightly_run_takes_the_tests_ci_leaves_to_it(monkeypatch: pytest.Mon
     args = argparse.Namespace(scenarios="scenarios", profile="full", keep="failed",
                               runs=str(tmp_path), topology=None, name=None, reuse=False,
                               pytest_args=[])
-    assert cli_more.cmd_run(args) == 0
+    assert cli_run.cmd_run(args) == 0
     (argv,) = seen
-    assert argv[:4] == ["scenarios", *cli_more.NIGHTLY_TESTS, "--lab-nightly"]
+    assert argv[:4] == ["scenarios", *cli_run.NIGHTLY_TESTS, "--lab-nightly"]
     assert "--lab-profile=full" in argv
