@@ -1,4 +1,4 @@
-"""A lab's machines: prepare (lease, key, plan), bring up through Vagrant, settle, destroy.
+"""A lab's machines: prepare (lease, key, plan), bring up through Vagrant, destroy.
 
 Vagrant (vagrant-libvirt, driven by python-vagrant) creates and boots the domains in parallel,
 from the same Vagrantfile a contributor can use by hand. libvirt is used directly for networks
@@ -241,10 +241,12 @@ class Lab:
 
     # Lifecycle ------------------------------------------------------------------------------
 
-    def up(self, steps: Steps | None = None) -> None:
-        """Create and boot every machine in parallel, then settle them (hosts, DNS, storage).
+    def up(self, steps: Steps | None = None,
+           then: tuple[str, Callable[[Lab], None]] | None = None) -> None:
+        """Create and boot every machine in parallel and wait until each answers SSH; then run
+        the step ``then`` (label, function of the lab), as lab/bringup.py settles the lab.
 
-        Any failure or Ctrl-C on the way removes everything the lab created.
+        Any failure or Ctrl-C on the way, ``then`` included, removes everything the lab created.
         """
         steps = steps or Steps(f"lab {self.name}")
         try:
@@ -257,10 +259,10 @@ class Lab:
                     self._vagrant_up()
                 with steps.step("SSH on every machine"):
                     self.on_all(lambda m: m.wait_for_ssh(timeout=600))
-                with steps.step("settle machines (hosts, DNS/DHCP, NFS, LVM, node keys)"):
-                    from lab.settle import settle
-
-                    settle(self)
+                if then is not None:
+                    label, step = then
+                    with steps.step(label):
+                        step(self)
         except BaseException:
             log.error("lab %s: bring-up failed; removing everything it created", self.name)
             self.cancel.set()

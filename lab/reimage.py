@@ -28,8 +28,8 @@ from xml.sax.saxutils import escape
 import libvirt
 
 from lab import hostkeys, power, virt
+from lab.bringup import settle_again
 from lab.errors import LabError
-from lab.settle import resettle
 
 if TYPE_CHECKING:
     from lab.machines import Lab
@@ -90,7 +90,7 @@ def reimage(lab: Lab, machine: str, timeout: float = power.BOOT_SECONDS) -> floa
     m = lab.machine(machine)
     m.replace_host_keys("\n".join(keys))
     m.wait_for_ssh(timeout=max(30.0, timeout - (time.monotonic() - started)))
-    resettle(lab, machine)
+    settle_again(lab, machine)
     return time.monotonic() - started
 
 

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass
 
 from lab import rest, topology, virt
+from lab.bringup import bring_up
 from lab.errors import LabError
 from lab.images import ImageStore, build_images
 from lab.images.recipe import ROLES, recipes
@@ -69,7 +70,7 @@ class LabSession:
         self.lab = lab
         log.info("lab %s: accelerator %s", name, lab.accelerator)
         with maybe_phase(self.timings, f"lab up ({len(lab.plan.machines)} machines)"):
-            lab.up(Steps(f"lab {name}", self.timings))
+            bring_up(lab, Steps(f"lab {name}", self.timings))
         return lab
 
     def finish(self, failed: bool) -> virt.LabObjects | None:

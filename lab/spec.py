@@ -15,13 +15,18 @@ from typing import Any
 
 from lab.errors import LabError
 from lab.paths import object_prefix
-from lab.topology import ClusterSpec, Topology
+from lab.topology import (
+    DOMAIN,
+    FIRST_CLUSTER_HOST,
+    FIRST_INSTANCE_HOST,
+    FIRST_MACHINE_HOST,
+    INSTANCE_NAMES,
+    ClusterSpec,
+    Topology,
+)
 
-DOMAIN = "lab"
-FIRST_MACHINE_HOST = 10
-FIRST_CLUSTER_HOST = 100
-FIRST_INSTANCE_HOST = 150
-INSTANCE_NAMES = 90  # inst1 .. inst90 resolve in the lab's DNS (Ganeti checks instance names)
+__all__ = ["DOMAIN", "FIRST_CLUSTER_HOST", "FIRST_INSTANCE_HOST", "FIRST_MACHINE_HOST",
+           "INSTANCE_NAMES"]
 KERNEL_ARGS = "root=/dev/vda rw console=ttyS0 net.ifnames=0 quiet"
 
 

@@ -21,6 +21,14 @@ from lab.errors import LabError
 from lab.names import name_problem
 from lab.paths import state_dir
 
+# The lab's fixed address plan of each /24 (lab.spec turns it into addresses and names); the
+# topology checks that a lab fits it.
+DOMAIN = "lab"
+FIRST_MACHINE_HOST = 10
+FIRST_CLUSTER_HOST = 100
+FIRST_INSTANCE_HOST = 150
+INSTANCE_NAMES = 90  # inst1 .. inst90 resolve in the lab's DNS (Ganeti checks instance names)
+
 ROLES = ("service", "hypervisor")
 NETWORK_ROLES = ("management", "cluster")
 # A DNS label of at most 31 characters, no '-' at the end and no "--" anywhere: libvirt objects
@@ -143,13 +151,11 @@ class Topology:
 
 def _reserved_name(name: str) -> str | None:
     """Why a machine or cluster may not take ``name``: the lab's DNS already gives it out."""
-    from lab import spec  # spec imports this module; a top-level import would be circular
-
     if name == "localhost":
         return "'localhost' is reserved (the loopback address); choose another name"
     number = re.fullmatch(r"inst([1-9][0-9]*)", name)
-    if number and int(number.group(1)) <= spec.INSTANCE_NAMES:
-        return (f"{name!r} is reserved: the lab's DNS gives inst1..inst{spec.INSTANCE_NAMES} "
+    if number and int(number.group(1)) <= INSTANCE_NAMES:
+        return (f"{name!r} is reserved: the lab's DNS gives inst1..inst{INSTANCE_NAMES} "
                 "to Ganeti instances; choose another name")
     return None
 
@@ -359,10 +365,7 @@ class _Checker:
 
 def _address_plan() -> tuple[int, int]:
     """How many machines and clusters fit lab.spec's fixed address plan of a /24."""
-    from lab import spec  # spec imports this module; a top-level import would be circular
-
-    return (spec.FIRST_CLUSTER_HOST - spec.FIRST_MACHINE_HOST,
-            spec.FIRST_INSTANCE_HOST - spec.FIRST_CLUSTER_HOST)
+    return (FIRST_CLUSTER_HOST - FIRST_MACHINE_HOST, FIRST_INSTANCE_HOST - FIRST_CLUSTER_HOST)
 
 
 def parse(

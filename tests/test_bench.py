@@ -271,7 +271,7 @@ class _FakeLab:
         CLOCK.advance(PREPARE)
         return cls(topo, name)
 
-    def up(self, steps: Any) -> None:
+    def up(self, steps: Any, then: Any = None) -> None:  # settling is not faked: no machines
         with steps.step("boot"):
             CLOCK.advance(BOOT)
 
@@ -560,7 +560,7 @@ def test_an_interrupt_while_two_labs_boot_ends_their_boots_before_destroying_the
     booting: list[subprocess.Popen[bytes]] = []
 
     class Booting(_FakeLab):
-        def up(self, steps: Any) -> None:
+        def up(self, steps: Any, then: Any = None) -> None:
             proc = subprocess.Popen(["sleep", "120"])  # stands for `vagrant up`
             booting.append(proc)
             proc.wait()

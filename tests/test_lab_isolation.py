@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from lab import topology, virt
+from lab.bringup import bring_up
 from lab.images import ImageStore
 from lab.leases import LeaseBook
 from lab.machines import Lab, destroy, destroy_stale, lab_processes
@@ -37,7 +38,7 @@ def test_two_labs_at_once_and_one_destroyed(lab_host: ImageStore) -> None:
     labs = [Lab.prepare(tiny, name, lab_host) for name in ("x", "x-2")]
     try:
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(lambda lab: lab.up(), labs))
+            list(pool.map(bring_up, labs))
         a, b = labs
         assert {a.plan.mgmt_subnet, a.plan.lab_subnet}.isdisjoint(
             {b.plan.mgmt_subnet, b.plan.lab_subnet})

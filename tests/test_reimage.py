@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from lab import snapshots, topology
+from lab.bringup import bring_up
 from lab.errors import LabError
 from lab.images import ImageStore
 from lab.machines import Lab, destroy
@@ -22,7 +23,7 @@ def tiny(lab_host: ImageStore) -> Iterator[Lab]:
     destroy(NAME, force=True)
     lab = Lab.prepare(topology.load("tiny"), NAME, lab_host)
     try:
-        lab.up()
+        bring_up(lab)
         yield lab
     finally:
         lab.destroy()

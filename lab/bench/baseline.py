@@ -24,6 +24,7 @@ from lab.bench.cleanup import (
     _remove_tree,
 )
 from lab.bench.figures import _bootstrap_figures, _error, _r, _timed, skip_reason
+from lab.bringup import settle
 from lab.errors import LabError
 from lab.ganeti.bootstrap import form_layout
 from lab.images import ImageStore
@@ -33,7 +34,6 @@ from lab.images.store import Image, register_box
 from lab.machines import Lab, vagrantfile_dir
 from lab.progress import Steps
 from lab.remote import Machine
-from lab.settle import settle
 from lab.timings import Timings
 
 log = logging.getLogger("lab.bench")

@@ -23,6 +23,7 @@ from lab.bench.cleanup import (
 )
 from lab.bench.figures import _bootstrap_figures, _error, _r, _timed, median, skip_reason
 from lab.bench.topologies import SCALE_LAYOUT, SCALE_MEMORY_MIB, SCALE_SIZES, scaling_topology_text
+from lab.bringup import bring_up
 from lab.errors import LabError
 from lab.ganeti.bootstrap import clusters_of, ensure_layout, layout_snapshot, wait_rapi
 from lab.ganeti.health import ensure_healthy
@@ -53,7 +54,7 @@ def _bring_up(topo: topology.Topology, name: str, store: ImageStore, timings: Ti
             lab = Lab.prepare(topo, name, store)
         doc["accelerator"] = lab.accelerator
         with _timed(doc, "up_seconds"):
-            lab.up(steps)
+            bring_up(lab, steps)
     doc["up_steps"] = {k: _r(v) for k, v in steps.durations.items()}
     return lab
 
@@ -198,7 +199,7 @@ def two_labs_at_once(store: ImageStore) -> dict[str, Any]:
         def up(lab: Lab) -> tuple[float, dict[str, float]]:
             t0 = time.monotonic()
             steps = Steps(f"lab {lab.name}")
-            lab.up(steps)
+            bring_up(lab, steps)
             return time.monotonic() - t0, dict(steps.durations)
 
         ups_started = time.monotonic()

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lab import rest, snapshots, topology, virt
+from lab.bringup import bring_up
 from lab.cli.common import (
     console,
     errors,
@@ -99,7 +100,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     topo = load_topology(args)
     lab = Lab.prepare(topo, args.name)
     console.print(f"lab {lab.name}: accelerator {lab.accelerator}")
-    lab.up(Steps(f"lab {lab.name}"))
+    bring_up(lab, Steps(f"lab {lab.name}"))
     lab.keep()
     print_status(lab)
     console.print(f"lab {lab.name} is up; `ganeti-lab ssh node1 --name {lab.name}`, "

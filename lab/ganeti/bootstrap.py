@@ -22,9 +22,9 @@ from lab.ganeti import gnt, versions
 from lab.ganeti.certs import rapi_certificate
 from lab.ganeti.cluster import RAPI_USER, Cluster
 from lab.ganeti.health import ensure_healthy
+from lab.ganeti.nodes import SHARED_MOUNT
 from lab.ganeti.rapi import RapiError
 from lab.remote import Machine
-from lab.settle import SHARED_MOUNT
 from lab.timings import Phase, Timings, maybe_phase
 
 if TYPE_CHECKING:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from lab.errors import LabError
 from lab.ganeti import gnt
 from lab.ganeti.cluster import Cluster
+from lab.ganeti.nodes import SHARED_MOUNT
 from lab.ganeti.rapi import RapiError
 from lab.remote import Machine
-from lab.settle import SHARED_MOUNT
 
 MAX_SKEW = 5.0  # seconds; SSH under emulation adds up to about a second
 NODED_PORT = 1811
