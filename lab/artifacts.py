@@ -24,7 +24,7 @@ from lab.ganeti.gnt import fetch_ganeti_logs
 from lab.remote import Machine
 
 if TYPE_CHECKING:
-    from lab.machines import Lab
+    from lab.lab import Lab
 
 log = logging.getLogger("lab.artifacts")
 PER_NODE_SECONDS = 90.0

@@ -1,11 +1,11 @@
-"""A lab brought up for Ganeti: machines booted to SSH (lab/machines.py), then settled as the
+"""A lab brought up for Ganeti: machines booted to SSH (lab/lab.py), then settled as the
 last step of the same bring-up, so a failure there still removes everything: the lab's names
 and DNS (lab/settle.py) and Ganeti's node preparation (lab/ganeti/nodes.py)."""
 
 from __future__ import annotations
 
 from lab.ganeti.nodes import prepare_node_again, prepare_nodes
-from lab.machines import Lab
+from lab.lab import Lab
 from lab.progress import Steps
 from lab.settle import settle_lab, write_hosts
 

@@ -24,7 +24,7 @@ from lab.errors import LabError
 from lab.remote import Unreachable
 
 if TYPE_CHECKING:
-    from lab.machines import Lab
+    from lab.lab import Lab
 
 log = logging.getLogger("lab.power")
 

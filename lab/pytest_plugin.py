@@ -30,7 +30,7 @@ from lab.ganeti.health import ensure_healthy
 from lab.ganeti.instances import InstanceFactory
 from lab.hostcheck import virtualization_problem
 from lab.images import ImageStore, build_images
-from lab.machines import Lab
+from lab.lab import Lab
 from lab.names import name_problem
 from lab.progress import Steps
 from lab.session import KEEP_POLICIES, LabSession

@@ -32,7 +32,7 @@ from lab.bringup import settle_again
 from lab.errors import LabError
 
 if TYPE_CHECKING:
-    from lab.machines import Lab
+    from lab.lab import Lab
 
 log = logging.getLogger("lab.reimage")
 

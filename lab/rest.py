@@ -13,7 +13,7 @@ import libvirt
 
 from lab import snapshots, virt
 from lab.errors import LabError
-from lab.machines import Lab, check_not_in_use
+from lab.lab import Lab, check_not_in_use
 from lab.snapshots import Snapshot
 
 log = logging.getLogger("lab.rest")

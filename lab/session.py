@@ -12,8 +12,8 @@ from lab.bringup import bring_up
 from lab.errors import LabError
 from lab.images import ImageStore, build_images
 from lab.images.recipe import ROLES, recipes
+from lab.lab import Lab, check_not_in_use, destroy
 from lab.leases import LeaseBook
-from lab.machines import Lab, check_not_in_use, destroy
 from lab.names import validate_lab_name
 from lab.progress import Steps
 from lab.secrets import register_lab_secrets

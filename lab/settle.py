@@ -14,7 +14,7 @@ from lab.remote import Machine
 from lab.spec import DOMAIN, FIRST_INSTANCE_HOST, INSTANCE_NAMES, hosts_file
 
 if TYPE_CHECKING:
-    from lab.machines import Lab
+    from lab.lab import Lab
 
 SHARED_EXPORT = "/srv/ganeti-shared"
 

@@ -26,7 +26,7 @@ from lab.errors import LabError
 from lab.reimage import reimaged_since
 
 if TYPE_CHECKING:
-    from lab.machines import Lab
+    from lab.lab import Lab
 
 log = logging.getLogger("lab.snapshots")
 

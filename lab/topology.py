@@ -82,7 +82,7 @@ class Network:
 
 
 @dataclass(frozen=True)
-class Machine:
+class MachineSpec:
     name: str
     role: str
     cpus: int
@@ -110,13 +110,13 @@ class ClusterSpec:
 class Topology:
     name: str
     source: str
-    machines: tuple[Machine, ...]
+    machines: tuple[MachineSpec, ...]
     networks: tuple[Network, ...]
     layouts: dict[str, tuple[ClusterSpec, ...]] = field(hash=False)
     default_layout: str
     description: str = ""
 
-    def machine(self, name: str) -> Machine:
+    def machine(self, name: str) -> MachineSpec:
         for m in self.machines:
             if m.name == name:
                 return m
@@ -124,11 +124,11 @@ class Topology:
                        f"choose one of: {', '.join(m.name for m in self.machines)}")
 
     @property
-    def service(self) -> Machine:
+    def service(self) -> MachineSpec:
         return next(m for m in self.machines if m.role == "service")
 
     @property
-    def hypervisors(self) -> tuple[Machine, ...]:
+    def hypervisors(self) -> tuple[MachineSpec, ...]:
         return tuple(m for m in self.machines if m.role == "hypervisor")
 
     def network(self, role: str) -> Network:
@@ -534,7 +534,7 @@ def _defaults(c: _Checker, table: Any) -> dict[str, dict[str, Any]]:
     return merged
 
 
-def _machines(c: _Checker, table: Any, defaults: dict[str, dict[str, Any]]) -> list[Machine]:
+def _machines(c: _Checker, table: Any, defaults: dict[str, dict[str, Any]]) -> list[MachineSpec]:
     if table is None or table == {}:
         c.add("machines", "missing or empty; a lab needs one service machine and hypervisors")
         return []
@@ -568,7 +568,7 @@ def _machines(c: _Checker, table: Any, defaults: dict[str, dict[str, Any]]) -> l
             c.faulty.add(name)
         # A machine with a bad value is kept (with placeholders) so that references to it
         # do not produce follow-on errors: the user sees the one real fault.
-        result.append(Machine(name, role, checked["cpus"] or 1,
+        result.append(MachineSpec(name, role, checked["cpus"] or 1,
                               checked["memory"] or MIN_MEMORY_MIB.get(role, 512),
                               tuple(checked["disks"] or ()), index))
     services = [m.name for m in result if m.role == "service"]
@@ -580,7 +580,7 @@ def _machines(c: _Checker, table: Any, defaults: dict[str, dict[str, Any]]) -> l
 
 
 def _layouts(
-    c: _Checker, table: Any, machines: dict[str, Machine] | None
+    c: _Checker, table: Any, machines: dict[str, MachineSpec] | None
 ) -> dict[str, tuple[ClusterSpec, ...]]:
     """The layouts; ``machines`` is None when the machines table itself is unusable."""
     if table is None or table == {}:
@@ -653,7 +653,7 @@ def _layouts(
 
 
 def _nodes(
-    c: _Checker, where: str, nodes: Any, machines: dict[str, Machine] | None,
+    c: _Checker, where: str, nodes: Any, machines: dict[str, MachineSpec] | None,
     used: dict[str, str], cluster: str,
 ) -> list[str] | None:
     """The cluster's node names, or None when the list itself is unusable (reported)."""
@@ -707,7 +707,7 @@ def _vg_name(c: _Checker, where: str, value: Any) -> str | None:
 
 def _storage(
     c: _Checker, where: str, nodes: list[str], templates: tuple[str, ...],
-    machines: dict[str, Machine],
+    machines: dict[str, MachineSpec],
 ) -> None:
     """What the cluster's disk templates need from its nodes."""
     if "drbd" in templates and len(nodes) < 2:

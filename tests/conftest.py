@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from lab import spec, topology
-from lab.machines import Lab
+from lab.lab import Lab
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 
 from lab import spec, topology, virt
 from lab.errors import LabError
-from lab.machines import Lab, lab_processes
+from lab.lab import Lab, lab_processes
 from lab.paths import lab_dir
 
 

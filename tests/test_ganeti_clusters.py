@@ -13,7 +13,7 @@ from lab.ganeti.cluster import Cluster
 from lab.ganeti.health import check
 from lab.ganeti.rapi import RapiAuthError, RapiClient, RapiError
 from lab.ganeti.versions import VersionError
-from lab.machines import Lab
+from lab.lab import Lab
 
 
 def _check_cluster(c: Cluster) -> None:

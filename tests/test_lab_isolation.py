@@ -18,8 +18,8 @@ import pytest
 from lab import topology, virt
 from lab.bringup import bring_up
 from lab.images import ImageStore
+from lab.lab import Lab, destroy, destroy_stale, lab_processes
 from lab.leases import LeaseBook
-from lab.machines import Lab, destroy, destroy_stale, lab_processes
 from lab.paths import lab_dir, owner_of
 
 

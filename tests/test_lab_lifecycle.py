@@ -11,8 +11,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from lab import power, rest, snapshots, virt
+from lab.lab import Lab
 from lab.leases import LeaseBook
-from lab.machines import Lab
 
 
 def test_every_machine_runs_commands(lab: Lab) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from lab import cli, machines, virt
+from lab import cli, virt
+from lab import lab as lab_module
 from lab.errors import LabError
 from lab.leases import LeaseBook
 from lab.names import name_problem, validate_lab_name
@@ -59,7 +60,7 @@ def test_destroy_with_a_bad_name_touches_nothing(name: str, state: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     before = _everything(state.parent)
     with pytest.raises(LabError, match="invalid lab name"):
-        machines.destroy(name)
+        lab_module.destroy(name)
     if name.startswith("-"):  # argparse takes it for an option and stops there
         with pytest.raises(SystemExit):
             cli.main(["destroy", name])
@@ -118,8 +119,8 @@ def _lease_for(name: str, pid: int | None) -> None:
 def test_a_lab_with_a_live_owner_is_not_destroyed(state: Path, owner: subprocess.Popen[bytes],
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     _lease_for("busy", owner.pid)
-    with pytest.raises(machines.LabInUse, match=f"in use by process {owner.pid}") as err:
-        machines.destroy("busy")
+    with pytest.raises(lab_module.LabInUse, match=f"in use by process {owner.pid}") as err:
+        lab_module.destroy("busy")
     assert "--force" in str(err.value)
     assert cli.main(["destroy", "busy"]) == 2
     assert "in use by process" in capsys.readouterr().err
@@ -130,7 +131,7 @@ def test_a_fresh_session_does_not_take_a_live_lab(state: Path,
                                                   owner: subprocess.Popen[bytes]) -> None:
     _lease_for("busy", owner.pid)
     for reuse in (False, True):
-        with pytest.raises(machines.LabInUse):
+        with pytest.raises(lab_module.LabInUse):
             LabSession("tiny", "busy", reuse=reuse, keep="never").start()
     lease = LeaseBook().get("busy")
     assert lease is not None and lease.owner_pid == owner.pid

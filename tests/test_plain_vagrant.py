@@ -11,8 +11,8 @@ import pytest
 
 from lab import virt
 from lab.images import ImageStore
+from lab.lab import destroy
 from lab.leases import LeaseBook
-from lab.machines import destroy
 
 NAME = "plain-vagrant"
 

@@ -12,7 +12,7 @@ from lab import snapshots, topology
 from lab.bringup import bring_up
 from lab.errors import LabError
 from lab.images import ImageStore
-from lab.machines import Lab, destroy
+from lab.lab import Lab, destroy
 from lab.reimage import ReimageError, reimage
 
 NAME = "reimage"

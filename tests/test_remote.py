@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from lab.errors import LabError
-from lab.machines import Lab
+from lab.lab import Lab
 from lab.remote import REMOTE_KILL_GRACE, Cancelled, Machine, _bounded
 
 

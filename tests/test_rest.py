@@ -11,7 +11,7 @@ import pytest
 
 from lab import rest
 from lab.errors import LabError
-from lab.machines import Lab
+from lab.lab import Lab
 
 
 def test_a_lab_not_at_rest_needs_a_snapshot_named(planned_lab: Lab) -> None:

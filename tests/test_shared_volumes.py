@@ -15,7 +15,7 @@ import pytest
 
 from lab import virt
 from lab.errors import LabError
-from lab.machines import prune_failure_logs
+from lab.lab import prune_failure_logs
 
 VOLUME = "ganeti-lab-test-shared-volume"
 

@@ -47,7 +47,7 @@ from lab.bench.images import images_section
 from lab.bench.labs import RESET_SAMPLES, lab_section, scaling_section
 from lab.bench.topologies import SCALE_LAYOUT, SCALE_MEMORY_MIB, SCALE_SIZES, scaling_topology_text
 from lab.images import ImageStore
-from lab.machines import sigterm_as_interrupt
+from lab.lab import sigterm_as_interrupt
 from lab.timings import Timings, iso, new_run_id, utc_now
 
 __all__ = [

@@ -31,7 +31,7 @@ from lab.images import ImageStore
 from lab.images.builder import ROOT_DISK_GIB, _chroot, _chroot_mounts, _take_boot_files
 from lab.images.recipe import recipe_dir, recipes
 from lab.images.store import Image, register_box
-from lab.machines import Lab, vagrantfile_dir
+from lab.lab import Lab, vagrantfile_dir
 from lab.progress import Steps
 from lab.remote import Machine
 from lab.timings import Timings

@@ -14,8 +14,8 @@ from typing import Any
 from lab import virt
 from lab.bench.figures import _error, _r
 from lab.errors import LabError
+from lab.lab import Lab, destroy
 from lab.leases import LeaseBook
-from lab.machines import Lab, destroy
 
 log = logging.getLogger("lab.bench")
 

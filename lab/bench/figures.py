@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from lab.machines import Lab
+from lab.lab import Lab
 from lab.timings import Timings
 
 log = logging.getLogger("lab.bench")

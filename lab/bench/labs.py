@@ -29,7 +29,7 @@ from lab.ganeti.bootstrap import clusters_of, ensure_layout, layout_snapshot, wa
 from lab.ganeti.health import ensure_healthy
 from lab.images import ImageStore
 from lab.images.recipe import recipes
-from lab.machines import Lab
+from lab.lab import Lab
 from lab.progress import Steps
 from lab.timings import Timings
 

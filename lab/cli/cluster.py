@@ -9,7 +9,7 @@ from lab.cli.common import console, lab_name, lab_options
 from lab.errors import LabError
 from lab.ganeti import health
 from lab.ganeti.bootstrap import clusters_of, current_layout, ensure_layout
-from lab.machines import Lab
+from lab.lab import Lab
 from lab.timings import Timings, new_run_id
 
 

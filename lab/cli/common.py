@@ -11,8 +11,8 @@ from rich.table import Table
 
 from lab import topology
 from lab.errors import LabError
+from lab.lab import Lab
 from lab.leases import LeaseBook
-from lab.machines import Lab
 from lab.names import name_problem
 
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)

@@ -22,8 +22,8 @@ from lab.cli.common import (
     print_status,
 )
 from lab.errors import LabError
+from lab.lab import Lab, LabInUse, destroy, destroy_stale
 from lab.leases import LeaseBook
-from lab.machines import Lab, LabInUse, destroy, destroy_stale
 from lab.progress import Steps
 
 

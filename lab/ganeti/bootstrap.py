@@ -28,7 +28,7 @@ from lab.remote import Machine
 from lab.timings import Phase, Timings, maybe_phase
 
 if TYPE_CHECKING:
-    from lab.machines import Lab
+    from lab.lab import Lab
     from lab.spec import ClusterPlan
 
 log = logging.getLogger("lab.ganeti")

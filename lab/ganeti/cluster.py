@@ -18,7 +18,7 @@ from lab.remote import Machine
 log = logging.getLogger("lab.ganeti.cluster")
 
 if TYPE_CHECKING:
-    from lab.machines import Lab
+    from lab.lab import Lab
     from lab.spec import ClusterPlan
 
 RAPI_USER = "lab-admin"

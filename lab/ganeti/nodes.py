@@ -15,7 +15,7 @@ from lab.remote import Machine
 from lab.settle import SHARED_EXPORT
 
 if TYPE_CHECKING:
-    from lab.machines import Lab
+    from lab.lab import Lab
 
 SHARED_MOUNT = "/srv/ganeti/shared-file-storage"
 

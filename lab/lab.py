@@ -39,7 +39,7 @@ from lab.shell import tail
 from lab.spec import LabPlan, kernel_cmdline, plan
 from lab.topology import Topology
 
-log = logging.getLogger("lab.machines")
+log = logging.getLogger("lab.machines")  # the channel of the machines' [lab] lines
 T = TypeVar("T")
 
 
