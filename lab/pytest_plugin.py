@@ -29,10 +29,9 @@ from lab.ganeti.cluster import Cluster
 from lab.ganeti.health import ensure_healthy
 from lab.ganeti.instances import InstanceFactory
 from lab.hostcheck import virtualization_problem
-from lab.images import ImageStore, build_images
+from lab.images import ImageStore, current_images
 from lab.lab import Lab
 from lab.names import name_problem
-from lab.progress import Steps
 from lab.session import KEEP_POLICIES, LabSession
 from lab.snapshots import restore
 from lab.timings import Phase, Timings, host_facts, new_run_id
@@ -201,11 +200,7 @@ def lab_host(request: pytest.FixtureRequest) -> ImageStore:
         if config.getoption("--lab-required"):
             pytest.fail(f"no virtualization (--lab-required): {problem}", pytrace=False)
         pytest.skip(f"no virtualization: {problem}")
-    timings = _state(config)["timings"]
-    store = ImageStore()
-    with timings.phase("images"):
-        build_images(store, steps=Steps("images", timings))
-    return store
+    return current_images(timings=_state(config)["timings"])
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from lab import rest, topology, virt
 from lab.bringup import bring_up
 from lab.errors import LabError
-from lab.images import ImageStore, build_images
-from lab.images.recipe import ROLES, recipes
+from lab.images import current_images
 from lab.lab import Lab, check_not_in_use, destroy
 from lab.leases import LeaseBook
 from lab.names import validate_lab_name
@@ -60,12 +59,7 @@ class LabSession:
             log.warning("lab %s already exists; destroying it for a fresh start "
                         "(--lab-reuse would have reused it)", name)
             destroy(name, force=self.force)
-        store = ImageStore()
-        keys = {role: recipes()[role].key() for role in ROLES}
-        if any(not store.has(r, keys[r]) for r in ROLES):
-            with maybe_phase(self.timings, "images"):
-                build_images(store, steps=Steps("images", self.timings))
-        lab = Lab.prepare(topo, name, store)
+        lab = Lab.prepare(topo, name, current_images(timings=self.timings))
         register_lab_secrets(lab.dir)
         self.lab = lab
         log.info("lab %s: accelerator %s", name, lab.accelerator)

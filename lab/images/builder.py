@@ -20,6 +20,7 @@ from lab.errors import LabError
 from lab.images.recipe import MIRROR, ROLES, SUITE, Recipe, recipe_dir, recipes
 from lab.images.store import Image, ImageStore, register_box
 from lab.progress import Steps
+from lab.timings import Timings, maybe_phase
 
 ROOT_DISK_GIB = 8
 APT_ENV = {
@@ -28,6 +29,19 @@ APT_ENV = {
     "LC_ALL": "C.UTF-8",
 }
 DPKG_OPTS = ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
+
+
+def current_images(store: ImageStore | None = None, timings: Timings | None = None
+                   ) -> ImageStore:
+    """The image cache holding the current image of every role, what is missing built first
+    (phase "images"): the one place a run gets its images (the plugin's ``lab_host`` and
+    LabSession). A warm cache does no work and needs no root."""
+    store = store or ImageStore()
+    keys = {name: recipe.key() for name, recipe in recipes().items()}
+    if any(not store.has(role, keys[role]) for role in ROLES):
+        with maybe_phase(timings, "images"):
+            build_images(store, steps=Steps("images", timings))
+    return store
 
 
 def build_images(
