@@ -54,6 +54,8 @@ class ReportError(LabError):
 class _Phase:
     name: str
     parent: str | None
+    id: int | None  # schema 2: unique in the run; parent_id names the parent exactly
+    parent_id: int | None
     start: datetime
     seconds: float
     outcome: str
@@ -128,9 +130,15 @@ def _parse_phase(raw: Any, idx: int) -> _Phase:
     if not isinstance(metrics, dict):
         raise ValueError(f"{what} has bad 'metrics'")
     error = raw.get("error")
+    ids = {key: raw.get(key) for key in ("id", "parent_id")}
+    for key, value in ids.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{what} has a bad {key!r}: {value!r}")
     return _Phase(
         name=name,
         parent=parent,
+        id=ids["id"],
+        parent_id=ids["parent_id"],
         start=_parse_time(raw.get("start"), f"{what} 'start'"),
         seconds=float(secs),
         outcome=str(raw.get("outcome") or "passed"),
@@ -142,25 +150,30 @@ def _parse_phase(raw: Any, idx: int) -> _Phase:
 def _link_tree(phases: list[_Phase], origin: datetime) -> list[_Phase]:
     """Attach each phase to its parent and return them in depth-first order.
 
-    The file names parents only by name, so when a name repeats the parent is
-    the same-named phase whose interval holds the child's start (innermost).
+    Schema 2 names each parent by id. Schema 1 named it only by name, so when a name repeats
+    the parent is the same-named phase whose interval holds the child's start (innermost).
     """
     for p in phases:
         p.offset = (p.start - origin).total_seconds()
     # Longer first on equal starts, so a parent sorts before its first child.
     phases = sorted(phases, key=lambda p: (p.offset, -p.seconds))
+    by_id = {p.id: p for p in phases if p.id is not None}
     by_name: dict[str, list[_Phase]] = {}
     for p in phases:
         by_name.setdefault(p.name, []).append(p)
     eps = 0.005  # start stamps are rounded to milliseconds
     for p in phases:
-        cands = [q for q in by_name.get(p.parent or "", []) if q is not p]
-        if not cands:
-            continue
-        holding = [q for q in cands if q.offset - eps <= p.offset <= q.end + eps]
-        before = [q for q in cands if q.offset <= p.offset + eps]
-        pool = holding or before or cands
-        up = max(pool, key=lambda q: (q.offset, -q.seconds))
+        found = by_id.get(p.parent_id) if p.parent_id is not None else None
+        if found is not None and found is not p:
+            up = found
+        else:
+            cands = [q for q in by_name.get(p.parent or "", []) if q is not p]
+            if not cands:
+                continue
+            holding = [q for q in cands if q.offset - eps <= p.offset <= q.end + eps]
+            before = [q for q in cands if q.offset <= p.offset + eps]
+            pool = holding or before or cands
+            up = max(pool, key=lambda q: (q.offset, -q.seconds))
         # Malformed data could make a loop; such a phase is shown at top level.
         anc = up
         while anc is not None and anc is not p:

@@ -48,7 +48,10 @@ __all__ = [
 
 log = logging.getLogger("lab.timings")
 
-SCHEMA_VERSION = 1
+# Schema 2 gives every phase an "id" and its parent's "parent_id" (ids are unique in a run, in
+# the order phases start); schema 1 named the parent only, and is still read.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 FILENAME = "timings.json"
 OUTCOMES = ("passed", "failed", "interrupted", "skipped", "xfailed")
 
@@ -119,9 +122,12 @@ def _check_metric(key: str, value: Any) -> Metric:
 class Phase:
     """One running (or finished) timed phase; handed out by ``Timings.phase``."""
 
-    def __init__(self, name: str, parent: str | None, metrics: dict[str, Any]) -> None:
+    def __init__(self, name: str, parent: str | None, metrics: dict[str, Any],
+                 id: int = 0, parent_id: int | None = None) -> None:
+        self.id = id
         self.name = name
         self.parent = parent
+        self.parent_id = parent_id
         self.metrics: dict[str, Metric] = {k: _check_metric(k, v) for k, v in metrics.items()}
         self.start = utc_now()
         self._t0 = time.monotonic()
@@ -182,6 +188,8 @@ class Timings:
         self.started = utc_now()
         self._lock = threading.Lock()
         self._phases: list[dict[str, Any]] = []
+        self._last_id = 0
+        self._open: dict[int, Phase] = {}  # started, not ended: parents named by a string
         # One variable per instance so two Timings objects never adopt each
         # other's phases as parents.
         self._current: contextvars.ContextVar[Phase | None] = contextvars.ContextVar(
@@ -203,13 +211,24 @@ class Timings:
         """The innermost open phase of the calling context (to hand to worker threads)."""
         return self._current.get()
 
-    def _parent_name(self, parent: Phase | str | _Inherit | None) -> str | None:
+    def _next_id(self) -> int:
+        with self._lock:
+            self._last_id += 1
+            return self._last_id
+
+    def _parent(self, parent: Phase | str | _Inherit | None) -> tuple[str | None, int | None]:
+        """The parent's name and id. A parent given by name is the newest open phase of that
+        name, else the newest recorded one (no id if there is none)."""
         if isinstance(parent, _Inherit):
-            cur = self._current.get()
-            return cur.name if cur else None
+            parent = self._current.get()
         if isinstance(parent, Phase):
-            return parent.name
-        return parent
+            return parent.name, parent.id
+        if parent is None:
+            return None, None
+        with self._lock:
+            ids = [i for i, ph in self._open.items() if ph.name == parent] or [
+                entry["id"] for entry in self._phases if entry["name"] == parent]
+        return parent, max(ids) if ids else None
 
     @contextmanager
     def phase(
@@ -222,7 +241,10 @@ class Timings:
         how work in a thread pool is attached to the phase that started it.
         The exception, if any, is recorded and always re-raised.
         """
-        ph = Phase(name, self._parent_name(parent), metrics)
+        parent_name, parent_id = self._parent(parent)
+        ph = Phase(name, parent_name, metrics, self._next_id(), parent_id)
+        with self._lock:
+            self._open[ph.id] = ph
         token = self._current.set(ph)
         log.debug("starting: %s", name)
         outcome, error = "passed", None
@@ -238,9 +260,12 @@ class Timings:
         finally:
             seconds = ph._finish()
             self._current.reset(token)
+            with self._lock:
+                self._open.pop(ph.id, None)
             if outcome == "passed" and ph.skipped:
                 outcome = "skipped"
-            self._append(name, ph.parent, ph.start, seconds, outcome, error, ph.metrics)
+            self._append(ph.id, name, ph.parent, ph.parent_id, ph.start, seconds, outcome,
+                         error, ph.metrics)
             self._log_end(name, seconds, outcome, error)
 
     def record(
@@ -274,13 +299,17 @@ class Timings:
             start_dt = start_dt.replace(tzinfo=UTC)
         checked = {k: _check_metric(k, v) for k, v in metrics.items()}
         err = error.strip()[:_MAX_ERROR] if error else None
-        self._append(name, self._parent_name(parent), start_dt, seconds, outcome, err, checked)
+        parent_name, parent_id = self._parent(parent)
+        self._append(self._next_id(), name, parent_name, parent_id, start_dt, seconds, outcome,
+                     err, checked)
         self._log_end(name, seconds, outcome, err)
 
     def _append(
         self,
+        id: int,
         name: str,
         parent: str | None,
+        parent_id: int | None,
         start: datetime,
         seconds: float,
         outcome: str,
@@ -288,8 +317,10 @@ class Timings:
         metrics: dict[str, Metric],
     ) -> None:
         entry = {
+            "id": id,
             "name": name,
             "parent": parent,
+            "parent_id": parent_id,
             "start": iso(start),
             "seconds": round(seconds, 6),
             "outcome": outcome,
@@ -355,7 +386,7 @@ class Timings:
             raise TimingsError(f"{path}: unreadable: {exc}") from exc
         if not isinstance(doc, dict):
             raise TimingsError(f"{path}: not a JSON object")
-        if doc.get("schema") != SCHEMA_VERSION:
+        if doc.get("schema") not in READABLE_SCHEMAS:
             raise TimingsError(f"{path}: unsupported schema {doc.get('schema')!r}")
         if not isinstance(doc.get("phases"), list):
             raise TimingsError(f"{path}: 'phases' is missing or not a list")

@@ -186,3 +186,33 @@ def test_missing_file_raises_report_error(tmp_path: Path) -> None:
         render([tmp_path / "nothing-here"])
     with pytest.raises(ReportError, match="no such file"):
         render([tmp_path / "does-not-exist"])
+
+
+def test_parents_are_linked_by_id_where_names_repeat(tmp_path: Path) -> None:
+    """Two labs booting at once: both phases are named "lab up" and overlap. Schema 2 keeps
+    each boot under its own lab; by name alone the second boot would go under the later one."""
+    from lab import report
+
+    t = Timings(tmp_path / "r", "r")
+    t.started = T0
+    first = {"id": 1, "name": "lab up", "parent": None, "parent_id": None}
+    second = {"id": 2, "name": "lab up", "parent": None, "parent_id": None}
+    boot = {"id": 3, "name": "boot", "parent": "lab up", "parent_id": 1}
+    doc = t.to_dict()
+    doc["phases"] = [
+        dict(p, start=(T0 + timedelta(seconds=offset)).isoformat(), seconds=100.0,
+             outcome="passed", error=None, metrics={})
+        for p, offset in ((first, 0), (second, 10), (boot, 20))]
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "timings.json").write_text(json.dumps(doc))
+    run = report._load_run(tmp_path / "r" / "timings.json")
+    (linked,) = [p for p in run.phases if p.name == "boot"]
+    assert linked.up is not None and linked.up.id == 1
+
+    for p in doc["phases"]:  # the same file as schema 1 wrote it: the heuristic decides
+        del p["id"], p["parent_id"]
+    doc["schema"] = 1
+    (tmp_path / "r" / "timings.json").write_text(json.dumps(doc))
+    run = report._load_run(tmp_path / "r" / "timings.json")
+    (linked,) = [p for p in run.phases if p.name == "boot"]
+    assert linked.up is not None and linked.up.offset == 10

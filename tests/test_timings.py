@@ -210,8 +210,10 @@ def test_record(t: Timings, caplog: pytest.LogCaptureFixture) -> None:
     t.record("failed-one", 2, outcome="failed", error="exit 1", start="2026-01-02T03:04:05Z")
     ph = by_name(t)
     assert ph["remote"] == {
+        "id": 2,
         "name": "remote",
         "parent": "outer",
+        "parent_id": ph["outer"]["id"],
         "start": "2026-01-02T03:04:05.000Z",
         "seconds": 12.5,
         "outcome": "passed",
@@ -237,7 +239,7 @@ def test_write_is_atomic_and_round_trips(t: Timings, monkeypatch: pytest.MonkeyP
     path = t.write()
     assert path == t.run_dir / "timings.json"
     doc = Timings.load(path)
-    assert doc["schema"] == 1
+    assert doc["schema"] == 2
     assert doc["run_id"] == "r1"
     assert doc["host"] == {"cores": 2} and doc["meta"] == {"profile": "x"}
     assert datetime.fromisoformat(doc["started"]) <= datetime.fromisoformat(doc["finished"])
@@ -273,9 +275,11 @@ def test_load_rejects_bad_files(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(TimingsError, match=re.escape(str(bad))):
         Timings.load(bad)
-    bad.write_text(json.dumps({"schema": 2, "phases": []}))
+    bad.write_text(json.dumps({"schema": 3, "phases": []}))
     with pytest.raises(TimingsError, match="schema"):
         Timings.load(bad)
+    bad.write_text(json.dumps({"schema": 1, "phases": []}))  # older runs stay readable
+    assert Timings.load(bad)["phases"] == []
     bad.write_text(json.dumps({"schema": 1}))
     with pytest.raises(TimingsError, match="phases"):
         Timings.load(bad)
@@ -344,3 +348,31 @@ def test_a_failure_keeps_its_whole_first_line_and_exit_status(tmp_path: Path) ->
     assert errors["a"] == f"RuntimeError: {long_line}"
     assert "exit status 3" in errors["b"]
     assert "timed out" in errors["c"] and "node2" in errors["c"]
+
+
+def test_phases_carry_ids_and_their_parents_ids(t: Timings) -> None:
+    """Schema 2: a repeated name never makes a parent ambiguous."""
+    import threading
+
+    with t.phase("test") as first, t.phase("restore"):
+        pass
+    with t.phase("test") as second:
+        def worker() -> None:
+            with t.phase("restore", parent=second):
+                t.record("revert", 0.5)
+        thread = threading.Thread(target=worker)
+        thread.start()
+        thread.join()
+        with t.phase("named", parent="test"):  # by name: the open one
+            pass
+    phases = t.phases
+    ids = [p["id"] for p in phases]
+    assert len(set(ids)) == len(ids)
+    by_id = {p["id"]: p for p in phases}
+    restores = [p for p in phases if p["name"] == "restore"]
+    assert [by_id[p["parent_id"]]["id"] for p in restores] == [first.id, second.id]
+    (revert,) = [p for p in phases if p["name"] == "revert"]
+    assert revert["parent_id"] == restores[1]["id"]
+    (named,) = [p for p in phases if p["name"] == "named"]
+    assert named["parent_id"] == second.id
+    assert {p["parent_id"] for p in phases if p["name"] == "test"} == {None}
