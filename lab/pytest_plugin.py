@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from lab import report
+from lab import report, topology
 from lab import secrets as lab_secrets
 from lab.errors import LabError
 from lab.ganeti.bootstrap import clusters_of, current_layout, ensure_layout, layout_snapshot
@@ -40,6 +40,7 @@ log = logging.getLogger("lab.pytest")
 LOGGERS = ("lab.timings", "lab.session", "lab.machines", "lab.ganeti", "lab.pytest",
            "lab.snapshots", "lab.artifacts")
 LAB_FIXTURES = {"lab", "cluster", "clusters", "lab_reset", "lab_host", "instances"}
+ARTIFACT_POLICIES = ("on-failure", "always", "never")
 
 
 @dataclass(frozen=True)
@@ -76,7 +77,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     g.addoption("--lab-required", action="store_true",
                 help="no virtualization is an error, not a skip (CI)")
     g.addoption("--lab-artifacts", default=None,
-                help="where failed tests' artifacts go (default: runs/<run-id>/artifacts)")
+                help="where tests' artifacts go (default: runs/<run-id>/artifacts)")
+    g.addoption("--lab-artifacts-policy", choices=ARTIFACT_POLICIES, default="on-failure",
+                help="collect a lab test's artifacts on-failure (default), always or never")
     g.addoption("--lab-runs", default="runs", help="directory of run records (default: runs)")
     g.addoption("--lab-nightly", action="store_true",
                 help="also run the tests marked nightly (ganeti-lab run does; CI does not)")
@@ -168,13 +171,44 @@ class _TerminalLine(logging.Handler):
             self.handleError(record)
 
 
+def _marked_layout(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("lab")
+    return marker.kwargs.get("layout") if marker else None
+
+
+def _topology_layouts(config: pytest.Config) -> tuple[str, set[str]] | None:
+    """The layouts of the run's topology, or None when it cannot be read (the lab fixture
+    then reports why). Memory is not checked here: that is the bring-up's business."""
+    try:
+        topo = topology.load(config.getoption("--lab-topology"), host_memory_mib=1 << 40)
+    except LabError:
+        return None
+    return topo.source, set(topo.layouts)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group lab tests by layout, so each layout switch (a snapshot restore) happens once."""
+    """Deselect lab tests whose layout the topology lacks (the summary says why), and group
+    the others by layout, so each layout switch (a snapshot restore) happens once."""
+    def is_lab_test(item: pytest.Item) -> bool:
+        return bool(LAB_FIXTURES & set(getattr(item, "fixturenames", ())))
+
+    known = _topology_layouts(config)
+    if known is not None:
+        source, layouts = known
+        lacking = [i for i in items if is_lab_test(i)
+                   and _marked_layout(i) not in (None, *layouts)]
+        if lacking:
+            reasons = _state(config).setdefault("deselected_layouts", [])
+            for item in lacking:
+                reasons.append(f"{item.nodeid}: layout {_marked_layout(item)!r} is not in "
+                               f"topology {source} (it has {', '.join(sorted(layouts))})")
+            config.hook.pytest_deselected(items=lacking)
+            items[:] = [i for i in items if i not in lacking]
+
     def key(item: pytest.Item) -> tuple[int, str]:
-        marker = item.get_closest_marker("lab")
-        if not LAB_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if not is_lab_test(item):
             return (0, "")
-        return (1, marker.kwargs.get("layout", "") if marker else "")
+        return (1, _marked_layout(item) or "")
 
     items.sort(key=key)
     if not config.getoption("--lab-nightly"):
@@ -182,6 +216,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if item.get_closest_marker("nightly"):
                 item.add_marker(skip)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    reasons = _state(terminalreporter.config).get("deselected_layouts") or []
+    if reasons:
+        terminalreporter.write_sep("=", "lab tests deselected: their layout is not in the "
+                                   "topology")
+        for line in reasons:
+            terminalreporter.write_line(line)
 
 
 # Fixtures -------------------------------------------------------------------------------------
@@ -236,10 +279,26 @@ def _layout(request: pytest.FixtureRequest) -> str | None:
     return marker.kwargs.get("layout") if marker else None
 
 
+def _layout_ready(request: pytest.FixtureRequest, lab: Lab) -> dict[str, Cluster]:
+    """ensure_layout for the test's layout. A layout that failed to form fails the test that
+    tried it, with the whole error; every later test of that layout is skipped with it,
+    instead of each trying again."""
+    state = _state(request.config)
+    layout = _layout(request) or lab.plan.default_layout
+    failed: dict[str, str] = state.setdefault("failed_layouts", {})
+    if layout in failed:
+        pytest.skip(f"layout {layout} failed to form earlier in this run: {failed[layout]}")
+    try:
+        return ensure_layout(lab, layout, state["timings"])
+    except Exception as exc:
+        failed[layout] = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise
+
+
 @pytest.fixture
 def clusters(request: pytest.FixtureRequest, lab: Lab) -> dict[str, Cluster]:
     """All clusters of the test's layout (marker `lab(layout=...)`), formed or restored."""
-    found = ensure_layout(lab, _layout(request), _state(request.config)["timings"])
+    found = _layout_ready(request, lab)
     versions = _state(request.config)["timings"].host.setdefault("ganeti", {})
     ran = {name: c.version_summary() for name, c in found.items()}
     for name, version in ran.items():
@@ -269,11 +328,15 @@ def instances(cluster: Cluster) -> Iterator[InstanceFactory]:
 
 @pytest.fixture
 def lab_reset(request: pytest.FixtureRequest, lab: Lab) -> Lab:
-    """Restore the layout's "cluster ready" snapshot before a test that changes state."""
+    """Restore the layout's "cluster ready" snapshot before a test that changes state, and
+    wait until every cluster is healthy (its RAPI answers)."""
     timings = _state(request.config)["timings"]
-    ensure_layout(lab, _layout(request), timings)
+    live = current_layout(lab)
+    _layout_ready(request, lab)
     layout = current_layout(lab)
     assert layout is not None
+    if layout != live:
+        return lab  # just restored or formed by the switch: that is the snapshot's state
     with timings.phase(f"reset to {layout_snapshot(lab, layout)}") as phase:
         restore(lab, layout_snapshot(lab, layout))
         for name, c in clusters_of(lab, layout).items():
@@ -351,7 +414,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(autouse=True)
 def _lab_artifacts(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After a failed lab test, and before any lab teardown: collect what explains it."""
+    """After a lab test, and before any lab teardown: collect what explains it (per
+    --lab-artifacts-policy: on-failure, always, never)."""
     yield
     node = request.node
     if not LAB_FIXTURES & set(getattr(node, "fixturenames", ())):
@@ -359,9 +423,11 @@ def _lab_artifacts(request: pytest.FixtureRequest) -> Iterator[None]:
     reports = node.stash.get(_report_key, {})
     failed = any(r.failed for r in reports.values())
     state = _state(request.config)
-    if not failed:
+    if failed:
+        state["lab_failed"] = True
+    policy = request.config.getoption("--lab-artifacts-policy")
+    if policy == "never" or (policy == "on-failure" and not failed):
         return
-    state["lab_failed"] = True
     session: LabSession | None = state["session"]
     if session is None or session.lab is None:
         return

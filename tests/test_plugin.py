@@ -25,6 +25,7 @@ import matplotlib.figure
 import matplotlib.patches  # noqa: F401
 import pytest
 
+import lab.artifacts
 import lab.pytest_plugin as plugin
 from lab.pytest_plugin import SizeProfile
 from lab.timings import Timings
@@ -445,7 +446,7 @@ def test_class_marker_counts_for_layout(run, pytester) -> None:
     pytester.makepyfile(test_cls="""
         import pytest
 
-        @pytest.mark.lab(layout="z-layout")
+        @pytest.mark.lab(layout="two-clusters")
         class TestZ:
             def test_z(self, lab):
                 pass
@@ -453,7 +454,7 @@ def test_class_marker_counts_for_layout(run, pytester) -> None:
         def test_a_layout_from_function(lab):
             pass
 
-        @pytest.mark.lab(layout="a-layout")
+        @pytest.mark.lab(layout="one-cluster")
         def test_a(lab):
             pass
     """)
@@ -653,3 +654,129 @@ def test_the_nightly_run_takes_the_tests_ci_leaves_to_it(monkeypatch: pytest.Mon
     (argv,) = seen
     assert argv[:4] == ["scenarios", *cli_run.NIGHTLY_TESTS, "--lab-nightly"]
     assert "--lab-profile=full" in argv
+
+
+# 9. layouts ---------------------------------------------------------------------------------
+
+FAKE_LAB_CONFTEST = """
+import types
+
+import pytest
+
+import lab.pytest_plugin as plugin
+
+
+@pytest.fixture(scope="session")
+def lab(request):
+    fake = types.SimpleNamespace(name="fake", plan=types.SimpleNamespace(
+        default_layout="one-cluster", layouts={"one-cluster": []}))
+    request.config.stash[plugin._state_key]["session"] = types.SimpleNamespace(lab=fake)
+    return fake
+"""
+
+
+@pytest.fixture
+def fake_layouts(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """The plugin's Ganeti calls, faked: what they were asked to do is recorded."""
+    from types import SimpleNamespace
+
+    calls: dict[str, list[str]] = {"ensure": [], "restore": [], "collect": []}
+    live: dict[str, str | None] = {"layout": None}
+
+    def ensure_layout(lab: object, layout: str, timings: object) -> dict[str, object]:
+        calls["ensure"].append(layout)
+        live["layout"] = layout
+        return {}
+
+    monkeypatch.setattr(plugin, "ensure_layout", ensure_layout)
+    monkeypatch.setattr(plugin, "current_layout", lambda lab: live["layout"])
+    monkeypatch.setattr(plugin, "layout_snapshot", lambda lab, layout: f"cluster-{layout}")
+    monkeypatch.setattr(plugin, "restore", lambda lab, name: calls["restore"].append(name))
+    monkeypatch.setattr(plugin, "clusters_of", lambda lab, layout: {})
+    monkeypatch.setattr(plugin, "ensure_healthy", lambda c: SimpleNamespace(seconds=0.1))
+    monkeypatch.setattr(lab.artifacts, "collect",
+                        lambda lab, where, masters: calls["collect"].append(where.name))
+    return calls
+
+
+def test_a_layout_the_topology_lacks_is_deselected_with_the_reason(run, pytester) -> None:
+    pytester.makeconftest(DUMMY_LAB_CONFTEST)
+    pytester.makepyfile(test_l="""
+        import pytest
+
+        @pytest.mark.lab(layout="three-racks")
+        def test_three(lab):
+            pass
+
+        @pytest.mark.lab(layout="two-clusters")
+        def test_two(lab):
+            pass
+    """)
+    result = run("-rA")
+    assert outcomes(result) == {"passed": 1, "deselected": 1}
+    result.stdout.fnmatch_lines([
+        "*lab tests deselected: their layout is not in the topology*",
+        "test_l.py::test_three: layout 'three-racks' is not in topology *default.toml "
+        "(it has one-cluster, two-clusters)"])
+
+
+def test_a_layout_that_fails_to_form_fails_one_test_and_skips_the_rest(
+        run, pytester, monkeypatch, fake_layouts) -> None:
+    from lab.errors import LabError
+
+    def broken(lab: object, layout: str, timings: object) -> None:
+        fake_layouts["ensure"].append(layout)
+        raise LabError("cluster1: gnt-node add node3.lab failed: exit 1", "see the artifacts")
+
+    monkeypatch.setattr(plugin, "ensure_layout", broken)
+    pytester.makeconftest(FAKE_LAB_CONFTEST)
+    pytester.makepyfile(test_f="""
+        def test_first(clusters):
+            pass
+
+        def test_second(lab_reset):
+            pass
+    """)
+    result = run("-rA")
+    assert outcomes(result) == {"errors": 1, "skipped": 1}
+    assert fake_layouts["ensure"] == ["one-cluster"]  # tried once, not once per test
+    result.stdout.fnmatch_lines([
+        "*LabError: cluster1: gnt-node add node3.lab failed: exit 1*",
+        "SKIPPED*layout one-cluster failed to form earlier in this run: cluster1: "
+        "gnt-node add node3.lab failed: exit 1"])
+
+
+def test_lab_reset_restores_once(run, pytester, fake_layouts) -> None:
+    """The first test switches to the layout (restored or formed: already its snapshot's
+    state); only a test after it on the same layout restores."""
+    pytester.makeconftest(FAKE_LAB_CONFTEST)
+    pytester.makepyfile(test_r="""
+        def test_first(lab_reset):
+            pass
+
+        def test_second(lab_reset):
+            pass
+    """)
+    assert outcomes(run()) == {"passed": 2}
+    assert fake_layouts["ensure"] == ["one-cluster", "one-cluster"]
+    assert fake_layouts["restore"] == ["cluster-one-cluster"]
+
+
+@pytest.mark.parametrize(("policy", "collected"), [
+    ("on-failure", ["test_a.py_test_fails"]),
+    ("always", ["test_a.py_test_fails", "test_a.py_test_passes"]),
+    ("never", []),
+])
+def test_artifacts_policy(run, pytester, fake_layouts, policy: str,
+                          collected: list[str]) -> None:
+    pytester.makeconftest(FAKE_LAB_CONFTEST)
+    pytester.makepyfile(test_a="""
+        def test_fails(lab):
+            assert False
+
+        def test_passes(lab):
+            pass
+    """)
+    result = run(f"--lab-artifacts-policy={policy}")
+    assert outcomes(result) == {"failed": 1, "passed": 1}
+    assert fake_layouts["collect"] == collected
