@@ -14,6 +14,16 @@ class LabError(Exception):
         super().__init__(f"{message}\n  fix: {hint}" if hint else message)
 
 
+class HarnessError(LabError):
+    """The lab itself broke: a machine did not boot or answer, libvirt, Vagrant or SSH failed.
+    A test that meets one could not run: pytest shows it as an error, the report as "error"."""
+
+
+class GanetiFailure(LabError):
+    """The system under test failed: Ganeti refused a command, a job failed, a cluster is not
+    healthy, data differs. A test that meets one failed."""
+
+
 def raise_failures(failed: dict[str, BaseException], total: int, what: str, hint: str,
                    error: type[LabError] = LabError) -> None:
     """Raise for the workers of one parallel step that failed, named by ``failed``'s keys: a

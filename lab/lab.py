@@ -25,7 +25,7 @@ import psutil
 import vagrant
 
 from lab import accel, hostkeys, paths, virt
-from lab.errors import LabError, raise_failures
+from lab.errors import HarnessError, LabError, raise_failures
 from lab.images import ImageStore
 from lab.images.recipe import recipes
 from lab.images.store import Image, ensure_registered
@@ -416,7 +416,7 @@ def stop_lab_processes(name: str, grace: float = 5.0) -> list[int]:
     return [p.pid for p in procs]
 
 
-class LabInUse(LabError):
+class LabInUse(HarnessError):
     """The lab belongs to a live process other than this one."""
 
 

@@ -20,7 +20,7 @@ from xml.etree import ElementTree
 import libvirt
 
 from lab import virt
-from lab.errors import LabError
+from lab.errors import HarnessError
 from lab.remote import Unreachable
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ SHUTDOWN_SECONDS = 180.0
 BOOT_SECONDS = 600.0
 
 
-class PowerError(LabError):
+class PowerError(HarnessError):
     """A machine did not reach the power state a verb asked for."""
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from lab import report, topology
 from lab import secrets as lab_secrets
-from lab.errors import LabError
+from lab.errors import HarnessError, LabError
 from lab.ganeti.bootstrap import clusters_of, current_layout, ensure_layout, layout_snapshot
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.health import ensure_healthy
@@ -218,6 +218,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config
+                             ) -> tuple[str, str, tuple[str, dict[str, bool]]] | None:
+    """A test the harness could not run (lab.errors.HarnessError: a machine, libvirt, Vagrant
+    or SSH broke) is an error, not a failure: a failure is Ganeti's (lab.errors.GanetiFailure)
+    or the test's own assertion."""
+    if report.when == "call" and report.failed and getattr(report, "lab_harness_error", False):
+        return "error", "E", ("ERROR", {"red": True})
+    return None
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     reasons = _state(terminalreporter.config).get("deselected_layouts") or []
     if reasons:
@@ -402,6 +412,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     rep: pytest.TestReport = outcome.get_result()
     item.stash.setdefault(_report_key, {})[rep.when] = rep
+    if (rep.when == "call" and rep.failed and call.excinfo is not None
+            and isinstance(call.excinfo.value, HarnessError)):
+        rep.lab_harness_error = True  # type: ignore[attr-defined]  # travels with xdist
     if rep.when == "call":
         prefix = f"test {item.nodeid}"
         for phase in _state(item.config)["timings"].phases:

@@ -29,7 +29,7 @@ import libvirt
 
 from lab import hostkeys, power, virt
 from lab.bringup import settle_again
-from lab.errors import LabError
+from lab.errors import HarnessError
 
 if TYPE_CHECKING:
     from lab.lab import Lab
@@ -40,7 +40,7 @@ HOSTKEY_MARK = "lab-hostkey: "
 RECORD = "reimaged.json"
 
 
-class ReimageError(LabError):
+class ReimageError(HarnessError):
     """A machine could not be re-imaged."""
 
 

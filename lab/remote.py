@@ -17,7 +17,7 @@ from pathlib import Path
 
 import paramiko
 
-from lab.errors import CommandFailed, LabError
+from lab.errors import CommandFailed, HarnessError
 from lab.shell import tail
 
 log = logging.getLogger("lab.remote")
@@ -41,15 +41,15 @@ class Result:
         return self.stdout.splitlines()
 
 
-class Unreachable(LabError):
+class Unreachable(HarnessError):
     pass
 
 
-class HostKeyChanged(LabError):
+class HostKeyChanged(HarnessError):
     """A machine's SSH host key is not the one the lab recorded for it."""
 
 
-class Cancelled(LabError):
+class Cancelled(HarnessError):
     """The run was interrupted while this machine was being waited on."""
 
 

@@ -34,6 +34,7 @@ TIMELINE_MAX_ROWS = 60
 _COLOURS = {
     "passed": "#3b7dd8",
     "failed": "#d62728",
+    "error": "#8c564b",  # the harness broke (a machine, libvirt, SSH), not Ganeti
     "interrupted": "#f28e2b",
     "skipped": "#a0a0a0",
     "xfailed": "#9467bd",  # a known bug proven by a strict xfail: expected, not a failure
@@ -95,7 +96,8 @@ class _Run:
         out: dict[str, tuple[float, bool]] = {}
         for p in self.phases:
             secs, failed = out.get(p.key, (0.0, False))
-            out[p.key] = (secs + p.seconds, failed or p.outcome in ("failed", "interrupted"))
+            bad = p.outcome in ("failed", "error", "interrupted")
+            out[p.key] = (secs + p.seconds, failed or bad)
         return out
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import secrets as lab_secrets
-from lab.errors import LabError
+from lab.errors import HarnessError, LabError
 
 __all__ = [
     "OUTCOMES",
@@ -53,7 +53,8 @@ log = logging.getLogger("lab.timings")
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = (1, 2)
 FILENAME = "timings.json"
-OUTCOMES = ("passed", "failed", "interrupted", "skipped", "xfailed")
+# "error": the harness broke (lab.errors.HarnessError), as opposed to "failed".
+OUTCOMES = ("passed", "failed", "error", "interrupted", "skipped", "xfailed")
 
 # Metrics end up in JSON and in an HTML table: keep strings (and errors) short.
 _MAX_STR = 200
@@ -254,7 +255,8 @@ class Timings:
             outcome, error = "interrupted", _error_text(exc)
             raise
         except BaseException as exc:
-            outcome = "xfailed" if ph._expected_failure else "failed"
+            outcome = ("xfailed" if ph._expected_failure
+                       else "error" if isinstance(exc, HarnessError) else "failed")
             error = _error_text(exc)
             raise
         finally:
@@ -333,8 +335,8 @@ class Timings:
     @staticmethod
     def _log_end(name: str, seconds: float, outcome: str, error: str | None) -> None:
         line = f"finished: {name} in {seconds:.2f} s"
-        if outcome == "failed":
-            line += f" (failed: {error})"
+        if outcome in ("failed", "error"):
+            line += f" ({outcome}: {error})"
         elif outcome in ("interrupted", "skipped"):
             line += f" ({outcome})"
         log.info("%s", line)

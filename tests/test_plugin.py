@@ -780,3 +780,29 @@ def test_artifacts_policy(run, pytester, fake_layouts, policy: str,
     result = run(f"--lab-artifacts-policy={policy}")
     assert outcomes(result) == {"failed": 1, "passed": 1}
     assert fake_layouts["collect"] == collected
+
+
+def test_harness_errors_are_errors_and_ganeti_failures_are_failures(run, pytester,
+                                                                       run_dir: Path) -> None:
+    pytester.makeconftest(DUMMY_LAB_CONFTEST)
+    pytester.makepyfile(test_e="""
+        from lab.errors import GanetiFailure
+        from lab.remote import Unreachable
+
+        def test_machine_gone(lab):
+            raise Unreachable("node3: no SSH answer for 120 s")
+
+        def test_ganeti_refused(lab):
+            raise GanetiFailure("cluster1.lab: gnt-instance add refused: insufficient memory")
+
+        def test_data_differs(lab):
+            assert "abc" == "abd"
+    """)
+    result = run("-rA")
+    assert outcomes(result) == {"errors": 1, "failed": 2}
+    result.stdout.fnmatch_lines(
+        ["ERROR test_e.py::test_machine_gone - lab.remote.Unreachable: node3*"])
+    phases = {p["name"]: p for p in Timings.load(run_dir)["phases"]}
+    assert phases["test test_e.py::test_machine_gone"]["outcome"] == "error"
+    assert phases["test test_e.py::test_ganeti_refused"]["outcome"] == "failed"
+    assert phases["test test_e.py::test_data_differs"]["outcome"] == "failed"

@@ -482,7 +482,8 @@ def test_failed_rapi_call_leaves_no_secret_anywhere(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--lab-runs={runs}",
                                            "-o", "junit_logging=all", *extra, timeout=300)
 
-    result.assert_outcomes(passed=1, failed=3, skipped=1, xfailed=1)
+    # An unreachable RAPI is the harness's error, not Ganeti's failure.
+    result.assert_outcomes(passed=1, failed=1, errors=2, skipped=1, xfailed=1)
     out = result.stdout.str()
     assert "RAPI GET /2/info on cluster c1.lab.test (127.0.0.1:" in out
     assert "RAPI POST /2/instances on cluster c1.lab.test (127.0.0.1:" in out

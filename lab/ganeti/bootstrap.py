@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from lab import secrets as lab_secrets
 from lab import snapshots
-from lab.errors import LabError, raise_failures
+from lab.errors import GanetiFailure, LabError, raise_failures
 from lab.ganeti import gnt, versions
 from lab.ganeti.certs import rapi_certificate
 from lab.ganeti.cluster import RAPI_USER, Cluster
@@ -43,7 +43,7 @@ IPOLICY_BOUNDS = ("min:disk-size=64,cpu-count=1,disk-count=1,memory-size=32,nic-
                   "memory-size=32768,nic-count=8,spindle-use=12")
 
 
-class ClusterError(LabError):
+class ClusterError(GanetiFailure):
     pass
 
 

@@ -83,7 +83,8 @@ class Cluster:
     # Commands -----------------------------------------------------------------------------
 
     def gnt(self, command: str, timeout: float = 600.0) -> str:
-        return self.master.succeed(command, timeout=timeout)
+        """A `gnt-*` command on the master; a non-zero exit is gnt.GntFailed (Ganeti failed)."""
+        return gnt.run_gnt(self.master, self.plan.fqdn, command, timeout=timeout)
 
     def query(self, command: str, fields: list[str], *names: str) -> list[dict[str, str]]:
         return gnt.query(self.master, command, fields, *names)

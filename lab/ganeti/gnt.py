@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from lab.errors import LabError
+from lab.errors import CommandFailed, GanetiFailure, LabError
 from lab.remote import Machine
 
 T = TypeVar("T")
@@ -30,6 +30,22 @@ def query(master: Machine, command: str, fields: Sequence[str], *names: str,
 
 class WaitTimeout(LabError):
     pass
+
+
+class GntFailed(CommandFailed, GanetiFailure):
+    """A Ganeti command on a cluster's master exited non-zero: Ganeti refused or failed."""
+
+
+def run_gnt(master: Machine, cluster: str, command: str, timeout: float = 600.0) -> str:
+    """``command`` (a `gnt-*` command line) on ``master``; its non-zero exit is GntFailed,
+    naming the cluster. A master that does not answer stays a harness error."""
+    try:
+        return master.succeed(command, timeout=timeout)
+    except CommandFailed as exc:
+        if exc.returncode is None:  # timed out: the command is killed, nothing was refused
+            raise
+        raise GntFailed(f"cluster {cluster}, master {exc.where}", exc.command, exc.returncode,
+                        exc.output_tail, exc.hint) from exc
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 300.0,

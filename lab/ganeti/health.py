@@ -18,7 +18,7 @@ import shlex
 import time
 from dataclasses import dataclass
 
-from lab.errors import LabError
+from lab.errors import GanetiFailure
 from lab.ganeti import gnt
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.nodes import SHARED_MOUNT
@@ -30,7 +30,7 @@ NODED_PORT = 1811
 UNFINISHED_JOBS = ("queued", "waiting", "running", "canceling")
 
 
-class UnhealthyCluster(LabError):
+class UnhealthyCluster(GanetiFailure):
     """A cluster failed its health check."""
 
 

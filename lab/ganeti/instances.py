@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from lab.errors import LabError
+from lab.errors import GanetiFailure, LabError
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.jobs import JobSet
 from lab.ganeti.rapi import Job, RapiError, instance_creation
@@ -30,7 +30,7 @@ MEMORY_MIB = 128
 JOB_TIMEOUT = 900
 
 
-class InstanceDataError(LabError):
+class InstanceDataError(GanetiFailure):
     """An instance's disk could not be reached or read."""
 
 

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from lab.errors import LabError
+from lab.errors import GanetiFailure
 from lab.ganeti.rapi import (
     JOB_FINAL,
     Job,
@@ -68,7 +68,7 @@ class JobOutcome:
         return self.status not in ("submitted",)
 
 
-class JobSetFailed(LabError):
+class JobSetFailed(GanetiFailure):
     """Some jobs of a set did not succeed; each is named with Ganeti's reason."""
 
     def __init__(self, failed: list[JobOutcome], total: int) -> None:

@@ -27,7 +27,7 @@ import requests.auth
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from lab import secrets as lab_secrets
-from lab.errors import LabError
+from lab.errors import GanetiFailure, HarnessError
 
 log = logging.getLogger("lab.rapi")
 
@@ -41,7 +41,7 @@ _MAX_POLL = 5.0
 _LOG_TAIL = 10
 
 
-class RapiError(LabError):
+class RapiError(GanetiFailure):
     """A RAPI call failed; ``status`` is None when no HTTP answer was received.
 
     ``where`` names the RAPI endpoint (``cluster NAME (host:port)`` or ``host:port``).
@@ -56,15 +56,15 @@ class RapiError(LabError):
         super().__init__(f"RAPI {method} {path}{on} failed ({got}): {message}")
 
 
-class RapiUnreachable(RapiError):
+class RapiUnreachable(RapiError, HarnessError):
     """No connection to the RAPI daemon could be made."""
 
 
-class RapiAuthError(RapiError):
+class RapiAuthError(RapiError, HarnessError):
     """401/403: wrong credentials or a user without ``write`` access."""
 
 
-class JobError(LabError):
+class JobError(GanetiFailure):
     """Base for job outcomes other than success."""
 
 
