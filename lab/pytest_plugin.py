@@ -37,8 +37,9 @@ from lab.snapshots import restore
 from lab.timings import Phase, Timings, host_facts, new_run_id
 
 log = logging.getLogger("lab.pytest")
+# The live log: every phase's start and end, every remote command and wait (with its bound).
 LOGGERS = ("lab.timings", "lab.session", "lab.machines", "lab.ganeti", "lab.pytest",
-           "lab.snapshots", "lab.artifacts")
+           "lab.snapshots", "lab.artifacts", "lab.remote", "lab.waiting")
 LAB_FIXTURES = {"lab", "cluster", "clusters", "lab_reset", "lab_host", "instances"}
 ARTIFACT_POLICIES = ("on-failure", "always", "never")
 

@@ -30,6 +30,7 @@ import libvirt
 from lab import hostkeys, power, virt
 from lab.bringup import settle_again
 from lab.errors import HarnessError
+from lab.waiting import WaitTimeout, wait_for
 
 if TYPE_CHECKING:
     from lab.lab import Lab
@@ -131,15 +132,20 @@ def _backing_path(volume: libvirt.virStorageVol, machine: str) -> str:
 def _console_host_keys(console: Path, machine: str, timeout: float) -> list[str]:
     """The host keys the new machine printed on its console (lab-firstboot), once the list
     stops growing."""
-    deadline = time.monotonic() + timeout
     previous: list[str] = []
-    while time.monotonic() < deadline:
+
+    def settled_keys() -> list[str] | None:
         text = console.read_bytes().decode(errors="replace") if console.exists() else ""
         keys = [line.split(HOSTKEY_MARK, 1)[1].strip() for line in text.splitlines()
                 if HOSTKEY_MARK in line]
-        if keys and keys == previous:
-            return keys
-        previous = keys
-        time.sleep(2)
-    raise ReimageError(f"{machine} printed no host keys on its console within {timeout:.0f} s",
-                       f"read {console}; the image's lab-firstboot prints them at every boot")
+        stable = keys if keys and keys == previous else None
+        previous[:] = keys
+        return stable
+
+    try:
+        return wait_for(f"{machine}'s host keys on its console", settled_keys, timeout=timeout,
+                        first_pause=2.0, interval=2.0, retry_on=())
+    except WaitTimeout:
+        raise ReimageError(f"{machine} printed no host keys on its console within "
+                           f"{timeout:.0f} s", f"read {console}; the image's lab-firstboot "
+                           "prints them at every boot") from None

@@ -19,6 +19,7 @@ import paramiko
 
 from lab.errors import CommandFailed, HarnessError
 from lab.shell import tail
+from lab.waiting import WaitTimeout, wait_for
 
 log = logging.getLogger("lab.remote")
 
@@ -90,6 +91,12 @@ class _RememberNewHost(paramiko.MissingHostKeyPolicy):
 
 # How long after our own deadline the machine kills a command that is still running.
 REMOTE_KILL_GRACE = 5
+
+
+def _short(command: str, limit: int = 160) -> str:
+    """A command as the live log shows it: one line, at most ``limit`` characters."""
+    line = " ".join(command.split())
+    return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
 def _bounded(command: str, timeout: float) -> str:
@@ -182,19 +189,22 @@ class Machine:
     def wait_for_ssh(self, timeout: float = 600.0) -> float:
         """Block until a command runs; returns the seconds waited."""
         started = time.monotonic()
-        last: Exception | None = None
-        while time.monotonic() - started < timeout:
-            self._check_cancelled("waiting for SSH")
-            try:
-                self.close()
-                if self.run("true", timeout=20).ok:
-                    return time.monotonic() - started
-            except (Unreachable, paramiko.SSHException, OSError) as exc:
-                last = exc
-            self.cancel.wait(1.0)
-        raise Unreachable(f"{self.name} did not answer SSH within {timeout:.0f} s "
-                          f"(last error: {last})",
-                          f"read the console log of {self.name} (ganeti-lab status shows it)")
+
+        def answers() -> bool:
+            self.close()
+            return self.run("true", timeout=20, announce=False).ok
+
+        try:
+            wait_for(f"SSH on {self.name}", answers, timeout=timeout, interval=1.0,
+                     first_pause=1.0, retry_on=(Unreachable, paramiko.SSHException, OSError),
+                     interrupt=lambda: self._check_cancelled("waiting for SSH"),
+                     sleep=self.cancel.wait)
+        except WaitTimeout as exc:
+            raise Unreachable(f"{self.name} did not answer SSH within {timeout:.0f} s "
+                              f"(last error: {exc.last})",
+                              f"read the console log of {self.name} (ganeti-lab status shows "
+                              "it)") from None
+        return time.monotonic() - started
 
     def _check_cancelled(self, doing: str) -> None:
         if self.cancel.is_set():
@@ -202,7 +212,12 @@ class Machine:
 
     # Commands -----------------------------------------------------------------------------
 
-    def run(self, command: str, timeout: float = 300.0, input: str | None = None) -> Result:
+    def run(self, command: str, timeout: float = 300.0, input: str | None = None,
+            announce: bool = True) -> Result:
+        """Run ``command`` (killed on the machine after ``timeout``). Said in the live log
+        first, so a run that hangs shows where (a wait's repeated probes are not)."""
+        if announce:
+            log.info("%s: `%s` (timeout %.0f s)", self.name, _short(command), timeout)
         started = time.monotonic()
         client = self._connect()
         try:
@@ -269,21 +284,27 @@ class Machine:
     def wait_until_succeeds(self, command: str, timeout: float = 120.0,
                             interval: float = 1.0) -> str:
         deadline = time.monotonic() + timeout
-        delay = 0.2
-        while True:
-            self._check_cancelled(f"waiting for `{command}`")
+        last: list[Result] = []
+
+        def succeeds() -> Result | None:
             try:
-                result = self.run(command, timeout=max(5.0, deadline - time.monotonic()))
+                result = self.run(command, timeout=max(5.0, deadline - time.monotonic()),
+                                  announce=False)
             except Unreachable as exc:
                 result = Result(self.name, command, None, "", str(exc), 0.0)
-            if result.ok:
-                return result.stdout
-            if time.monotonic() >= deadline:
-                raise CommandFailed(
-                    self.name, f"{command} (waited {timeout:.0f} s)", result.exit_status,
-                    "last attempt printed:\n" + tail(result.stdout + "\n" + result.stderr))
-            self.cancel.wait(min(delay, interval))
-            delay *= 2
+            last[:] = [result]
+            return result if result.ok else None
+
+        try:
+            return wait_for(f"`{_short(command)}` to succeed on {self.name}", succeeds,
+                            timeout=timeout, interval=interval, first_pause=0.2, retry_on=(),
+                            interrupt=lambda: self._check_cancelled(f"waiting for `{command}`"),
+                            sleep=self.cancel.wait).stdout
+        except WaitTimeout:
+            result = last[0]
+            raise CommandFailed(
+                self.name, f"{command} (waited {timeout:.0f} s)", result.exit_status,
+                "last attempt printed:\n" + tail(result.stdout + "\n" + result.stderr)) from None
 
     # Files --------------------------------------------------------------------------------
 

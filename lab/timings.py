@@ -247,7 +247,7 @@ class Timings:
         with self._lock:
             self._open[ph.id] = ph
         token = self._current.set(ph)
-        log.debug("starting: %s", name)
+        log.info("starting: %s", name)
         outcome, error = "passed", None
         try:
             yield ph

@@ -46,7 +46,8 @@ LAB_OPTIONS = (
     "--lab-profile",
 )
 PLUGIN_FIXTURES = ("lab", "lab_host", "cluster", "clusters", "lab_reset", "timings", "lab_profile")
-PLUGIN_LOGGERS = ("lab.timings", "lab.session", "lab.machines", "lab.ganeti")
+PLUGIN_LOGGERS = ("lab.timings", "lab.session", "lab.machines", "lab.ganeti", "lab.remote",
+                  "lab.waiting")
 
 DUMMY_LAB_CONFTEST = """
 import pytest

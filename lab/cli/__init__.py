@@ -16,6 +16,7 @@ from lab import topology
 from lab.cli import bench, cluster, images, lifecycle, run
 from lab.cli.common import errors
 from lab.errors import LabError
+from lab.secrets import ScrubFilter
 
 EPILOG = """\
 A lab is 1 service box + N hypervisors described by a TOML topology (default: ./lab.toml, else
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         args.pytest_args = args.pytest_args + remote
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:  # the live log may quote a command
+        handler.addFilter(ScrubFilter())
     for noisy in ("paramiko", "urllib3", "matplotlib", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

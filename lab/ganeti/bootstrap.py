@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from lab import secrets as lab_secrets
 from lab import snapshots
 from lab.errors import GanetiFailure, LabError, raise_failures
-from lab.ganeti import gnt, versions
+from lab.ganeti import versions
 from lab.ganeti.certs import rapi_certificate
 from lab.ganeti.cluster import RAPI_USER, Cluster
 from lab.ganeti.health import ensure_healthy
@@ -26,6 +26,7 @@ from lab.ganeti.nodes import SHARED_MOUNT
 from lab.ganeti.rapi import RapiError
 from lab.remote import Machine
 from lab.timings import Phase, Timings, maybe_phase
+from lab.waiting import wait_for
 
 if TYPE_CHECKING:
     from lab.lab import Lab
@@ -361,5 +362,5 @@ def wait_rapi(cluster: Cluster, timeout: float = 180.0) -> int:
             log.debug("RAPI of %s not ready: %s", cluster.plan.fqdn, exc)
             return None
 
-    return gnt.wait_for(f"RAPI of {cluster.plan.fqdn} at {cluster.plan.ip}:5080", probe,
-                        timeout=timeout, describe=lambda: last[0])
+    return wait_for(f"RAPI of {cluster.plan.fqdn} at {cluster.plan.ip}:5080", probe,
+                    timeout=timeout, describe=lambda: last[0])

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shlex
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from lab.errors import CommandFailed, GanetiFailure, LabError
+from lab.errors import CommandFailed, GanetiFailure
 from lab.remote import Machine
 
 T = TypeVar("T")
@@ -28,10 +27,6 @@ def query(master: Machine, command: str, fields: Sequence[str], *names: str,
     return rows
 
 
-class WaitTimeout(LabError):
-    pass
-
-
 class GntFailed(CommandFailed, GanetiFailure):
     """A Ganeti command on a cluster's master exited non-zero: Ganeti refused or failed."""
 
@@ -46,28 +41,6 @@ def run_gnt(master: Machine, cluster: str, command: str, timeout: float = 600.0)
             raise
         raise GntFailed(f"cluster {cluster}, master {exc.where}", exc.command, exc.returncode,
                         exc.output_tail, exc.hint) from exc
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 300.0,
-             interval: float = 2.0, describe: Callable[[], str] | None = None) -> T:
-    """Poll ``probe`` until it returns something truthy; on timeout say what was last seen."""
-    deadline = time.monotonic() + timeout
-    delay = 0.25
-    last: object = None
-    while True:
-        try:
-            value = probe()
-            last = value
-        except LabError as exc:
-            value, last = None, exc
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            seen = describe() if describe else repr(last)
-            raise WaitTimeout(f"timed out after {timeout:.0f} s waiting for {what}; "
-                              f"last saw: {seen}")
-        time.sleep(min(delay, interval))
-        delay *= 2
 
 
 def fetch_ganeti_logs(machine: Machine, dest: Path, timeout: float = 60.0) -> Path:

@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass
 
 from lab.errors import GanetiFailure
-from lab.ganeti import gnt
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.nodes import SHARED_MOUNT
 from lab.ganeti.rapi import RapiError
 from lab.remote import Machine
+from lab.waiting import WaitTimeout, wait_for
 
 MAX_SKEW = 5.0  # seconds; SSH under emulation adds up to about a second
 NODED_PORT = 1811
@@ -67,10 +67,10 @@ def ensure_healthy(cluster: Cluster, timeout: float = 60.0) -> Health:
         return health if health.ok else None
 
     try:
-        return gnt.wait_for(f"cluster {cluster.name} to be healthy", probe, timeout=timeout,
-                            interval=2.0,
-                            describe=lambda: "; ".join(last[0].problems) if last else "nothing")
-    except gnt.WaitTimeout:
+        return wait_for(f"cluster {cluster.name} to be healthy", probe, timeout=timeout,
+                        interval=2.0,
+                        describe=lambda: "; ".join(last[0].problems) if last else "nothing")
+    except WaitTimeout:
         problems = last[0].problems if last else ["no check finished"]
         raise UnhealthyCluster(
             f"cluster {cluster.name} is not healthy after {timeout:.0f} s:\n  "

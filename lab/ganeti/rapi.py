@@ -28,6 +28,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from lab import secrets as lab_secrets
 from lab.errors import GanetiFailure, HarnessError
+from lab.waiting import WaitTimeout, wait_for
 
 log = logging.getLogger("lab.rapi")
 
@@ -238,21 +239,22 @@ class Job:
     def wait(self, timeout: float = 600, poll: float = 1.0) -> list[Any]:
         """Poll until the job is final; return ``opresult`` or raise JobFailed/JobTimeout."""
         began = time.monotonic()
-        delay, cap = poll, max(poll, _MAX_POLL)
-        while True:
-            info = self.status()  # check at once: short jobs must not pay a sleep
-            if self.last_status in JOB_FINAL:
-                self.finished_at = time.time()
-                log.debug("job %s %s (run %s s)", self.id, self.last_status, self.run_seconds)
-                if self.last_status == "success":
-                    return list(info.get("opresult") or [])
-                raise JobFailed(self.id, str(self.last_status), info.get("opresult") or [],
-                                _oplog_tail(info.get("oplog")), self.summary)
-            waited = time.monotonic() - began
-            if waited >= timeout:
-                raise JobTimeout(self.id, self.last_status, waited)
-            time.sleep(min(delay, timeout - waited))
-            delay = min(delay * 1.5, cap)
+
+        def final() -> dict[str, Any] | None:
+            info = self.status()  # checked at once: short jobs must not pay a pause
+            return info if self.last_status in JOB_FINAL else None
+
+        try:
+            info = wait_for(f"Ganeti job {self.id}", final, timeout=timeout, first_pause=poll,
+                            interval=max(poll, _MAX_POLL), retry_on=(), announce=False)
+        except WaitTimeout:
+            raise JobTimeout(self.id, self.last_status, time.monotonic() - began) from None
+        self.finished_at = time.time()
+        log.debug("job %s %s (run %s s)", self.id, self.last_status, self.run_seconds)
+        if self.last_status == "success":
+            return list(info.get("opresult") or [])
+        raise JobFailed(self.id, str(self.last_status), info.get("opresult") or [],
+                        _oplog_tail(info.get("oplog")), self.summary)
 
 
 def instance_creation(name: str, *, disk_template: str, disks: list[dict[str, Any]],
