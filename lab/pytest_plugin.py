@@ -27,7 +27,6 @@ from lab.errors import HarnessError, LabError
 from lab.ganeti.bootstrap import clusters_of, current_layout, ensure_layout, layout_snapshot
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.health import ensure_healthy
-from lab.ganeti.instances import InstanceFactory
 from lab.hostcheck import virtualization_problem
 from lab.images import ImageStore, current_images
 from lab.lab import Lab
@@ -326,15 +325,6 @@ def cluster(clusters: dict[str, Cluster]) -> Cluster:
         raise LabError(f"the layout has {len(clusters)} clusters",
                        "use the `clusters` fixture for multi-cluster layouts")
     return next(iter(clusters.values()))
-
-
-@pytest.fixture
-def instances(cluster: Cluster) -> Iterator[InstanceFactory]:
-    """Instances with the lab's defaults (`instances.create("plain")`, or `.submit(jobs, ...)`
-    into a JobSet); what the test made is removed after it."""
-    factory = InstanceFactory(cluster)
-    yield factory
-    factory.remove_all()
 
 
 @pytest.fixture
