@@ -453,6 +453,35 @@ def test_xfail_reason(cluster):
 RUN_ID = "secrets-run"
 
 
+def _readable_contents(path: Path, name: str) -> dict[str, bytes]:
+    """A written file as a scan must read it: the members of an archive (artifact tarballs of
+    /var/log/ganeti), a compressed file uncompressed; a byte scan of either would find nothing
+    whatever they hold."""
+    import gzip
+    import tarfile
+
+    if tarfile.is_tarfile(path):
+        with tarfile.open(path) as tar:
+            return {f"{name}:{m.name}": tar.extractfile(m).read()  # type: ignore[union-attr]
+                    for m in tar.getmembers() if m.isfile()}
+    data = path.read_bytes()
+    if data[:2] == b"\x1f\x8b":
+        return {name: gzip.decompress(data)}
+    return {name: data}
+
+
+def test_readable_contents_opens_archives(tmp_path: Path) -> None:
+    import io
+    import tarfile
+
+    archive = tmp_path / "node1-var-log-ganeti.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("ganeti/rapi-daemon.log")
+        info.size = len(b"secret here")
+        tar.addfile(info, io.BytesIO(b"secret here"))
+    assert _readable_contents(archive, "a") == {"a:ganeti/rapi-daemon.log": b"secret here"}
+
+
 @pytest.mark.parametrize("extra", [
     pytest.param((), id="plain"),
     pytest.param(("-l", "--junitxml=junit.xml"), id="showlocals"),
@@ -499,7 +528,7 @@ def test_failed_rapi_call_leaves_no_secret_anywhere(
     }
     for path in pytester.path.rglob("*"):
         if path.is_file():
-            written[str(path.relative_to(pytester.path))] = path.read_bytes()
+            written.update(_readable_contents(path, str(path.relative_to(pytester.path))))
     needles = {**forms,
                # pieces, for a secret cut short by a shortened repr
                "password head": forms["password"][:10], "password tail": forms["password"][-10:],
