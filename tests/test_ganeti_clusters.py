@@ -93,7 +93,7 @@ def test_two_clusters_from_the_booted_snapshot(clusters: dict[str, Cluster]) -> 
 
 
 @pytest.mark.lab(layout="one-cluster")
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "Ganeti 3.0.2 bug (upstream ganeti/ganeti#1275, open: renew-crypto acts only when a "
     "--new-* option is given): `gnt-cluster renew-crypto -f --rapi-certificate=FILE` alone "
     "prints success and leaves /var/lib/ganeti/rapi.pem unchanged; the lab works around it "
