@@ -5,12 +5,10 @@ from __future__ import annotations
 import shlex
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from lab.errors import CommandFailed, GanetiFailure
 from lab.remote import Machine
 
-T = TypeVar("T")
 SEPARATOR = "|"
 
 

@@ -9,6 +9,7 @@ Ganeti cluster yet.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from lab.remote import Machine
@@ -21,8 +22,8 @@ SHARED_MOUNT = "/srv/ganeti/shared-file-storage"
 
 
 def prepare_nodes(lab: Lab) -> None:
-    known = _known_hosts(lab)
-    lab.on_all(lambda m: _prepare(lab, m, known), lab.hypervisors)
+    known, access = _known_hosts(lab), _NodeAccess.of(lab)
+    lab.on_all(lambda m: _prepare(lab, m, known, access), lab.hypervisors)
 
 
 def prepare_node_again(lab: Lab, name: str) -> None:
@@ -30,7 +31,7 @@ def prepare_node_again(lab: Lab, name: str) -> None:
     root SSH to and from every other node (whose known_hosts get its new keys)."""
     known = _known_hosts(lab)
     lab.on_all(lambda other: other.write_file("/root/.ssh/known_hosts", known), lab.hypervisors)
-    _prepare(lab, lab.machine(name), known)
+    _prepare(lab, lab.machine(name), known, _NodeAccess.of(lab))
 
 
 def _known_hosts(lab: Lab) -> str:
@@ -44,10 +45,24 @@ def _known_hosts(lab: Lab) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _prepare(lab: Lab, m: Machine, known: str) -> None:
-    node_key = (lab.dir / "node_ed25519").read_text()
-    node_pub = (lab.dir / "node_ed25519.pub").read_text().strip()
-    vgs = {c.vg_name for clusters in lab.plan.layouts.values() for c in clusters}
+@dataclass(frozen=True)
+class _NodeAccess:
+    """What every node gets alike, read once per lab: the nodes' root key and the volume
+    groups of the topology's clusters."""
+    key: str
+    pub: str
+    vgs: frozenset[str]
+
+    @classmethod
+    def of(cls, lab: Lab) -> _NodeAccess:
+        return cls((lab.dir / "node_ed25519").read_text(),
+                   (lab.dir / "node_ed25519.pub").read_text().strip(),
+                   frozenset(c.vg_name for clusters in lab.plan.layouts.values()
+                             for c in clusters))
+
+
+def _prepare(lab: Lab, m: Machine, known: str, access: _NodeAccess) -> None:
+    node_key, node_pub, vgs = access.key, access.pub, access.vgs
     m.write_file("/root/.ssh/id_ed25519", node_key, 0o600)
     m.write_file("/root/.ssh/id_ed25519.pub", node_pub + "\n")
     m.write_file("/root/.ssh/known_hosts", known)
