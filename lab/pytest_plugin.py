@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -41,15 +41,17 @@ LOGGERS = ("lab.timings", "lab.session", "lab.machines", "lab.ganeti", "lab.pyte
            "lab.snapshots", "lab.artifacts", "lab.remote", "lab.waiting")
 LAB_FIXTURES = {"lab", "cluster", "clusters", "lab_reset", "lab_host", "instances"}
 ARTIFACT_POLICIES = ("on-failure", "always", "never")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class SizeProfile:
-    """Scenario sizes: `small` for CI, `full` for `ganeti-lab run`. Shrinks counts only."""
+    """Scenario sizes: `small` for CI, `full` for `ganeti-lab run`. Shrinks counts (and which
+    nodes a scenario goes through), never the code paths."""
 
     name: str
 
-    def pick(self, small: int, full: int) -> int:
+    def pick(self, small: T, full: T) -> T:
         return small if self.name == "small" else full
 
 
@@ -58,8 +60,9 @@ _report_key = pytest.StashKey[dict[str, pytest.TestReport]]()
 _versions_key = pytest.StashKey[tuple[dict[str, Cluster], dict[str, str]]]()
 
 
-NIGHTLY_ONLY = ("nightly only (ganeti-lab run, or --lab-nightly): each boots a lab of its own, "
-                "kept out of CI's time limit until lab boots are faster (README)")
+NIGHTLY_ONLY = "nightly only (ganeti-lab run, or --lab-nightly)"
+NIGHTLY_REASON = ("each boots a lab of its own, kept out of CI's time limit until lab boots are "
+                  "faster (README)")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -94,11 +97,14 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         _sigterm_as_interrupt(config)
     config.addinivalue_line(
-        "markers", "lab(layout=NAME): the test needs the lab's clusters in layout NAME "
-                   "(e.g. one-cluster, two-clusters)")
+        "markers", "lab(layout=NAME, reimages=False): the test needs the lab's clusters in "
+                   "layout NAME (e.g. one-cluster, two-clusters); reimages=True: it re-images "
+                   "machines, which no snapshot saved before can undo, so it runs after every "
+                   "other lab test")
     config.addinivalue_line(
-        "markers", "nightly: a lab test of its own lab that runs nightly (ganeti-lab run, "
-                   "--lab-nightly) and not in CI, to keep CI within its time limit")
+        "markers", "nightly(reason=...): a lab test that runs nightly (ganeti-lab run, "
+                   "--lab-nightly) and not in CI, to keep CI within its time limit; the reason "
+                   "says why it does not fit")
     workerinput = getattr(config, "workerinput", None)  # set by pytest-xdist on workers
     worker = workerinput["workerid"] if workerinput else None
     run_id = ((workerinput or {}).get("lab_run_id") or os.environ.get("GANETI_LAB_RUN_ID")
@@ -176,6 +182,11 @@ def _marked_layout(item: pytest.Item) -> str | None:
     return marker.kwargs.get("layout") if marker else None
 
 
+def _reimages(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("lab")
+    return bool(marker and marker.kwargs.get("reimages"))
+
+
 def _topology_layouts(config: pytest.Config) -> tuple[str, set[str]] | None:
     """The layouts of the run's topology, or None when it cannot be read (the lab fixture
     then reports why). Memory is not checked here: that is the bring-up's business."""
@@ -188,7 +199,8 @@ def _topology_layouts(config: pytest.Config) -> tuple[str, set[str]] | None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect lab tests whose layout the topology lacks (the summary says why), and group
-    the others by layout, so each layout switch (a snapshot restore) happens once."""
+    the others by layout, so each layout switch (a snapshot restore) happens once. Tests that
+    re-image machines come last: after a re-image the lab's snapshots cannot be restored."""
     def is_lab_test(item: pytest.Item) -> bool:
         return bool(LAB_FIXTURES & set(getattr(item, "fixturenames", ())))
 
@@ -208,14 +220,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     def key(item: pytest.Item) -> tuple[int, str]:
         if not is_lab_test(item):
             return (0, "")
-        return (1, _marked_layout(item) or "")
+        return (2 if _reimages(item) else 1, _marked_layout(item) or "")
 
     items.sort(key=key)
     if not config.getoption("--lab-nightly"):
-        skip = pytest.mark.skip(reason=NIGHTLY_ONLY)
         for item in items:
-            if item.get_closest_marker("nightly"):
-                item.add_marker(skip)
+            marker = item.get_closest_marker("nightly")
+            if marker:
+                why = marker.kwargs.get("reason", NIGHTLY_REASON)
+                item.add_marker(pytest.mark.skip(reason=f"{NIGHTLY_ONLY}: {why}"))
 
 
 def pytest_report_teststatus(report: pytest.TestReport, config: pytest.Config

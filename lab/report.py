@@ -11,7 +11,7 @@ import json
 import math
 import statistics
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,8 @@ REGRESSION_RATIO = 1.25
 TREND_LIMIT = 12
 # Timeline rows beyond this get too thin to read; deeper levels are dropped first.
 TIMELINE_MAX_ROWS = 60
+# A phase with this metric set gets a timeline of its own (lab.timings.Timings.phase).
+RUNBOOK_METRIC = "timeline"
 
 _COLOURS = {
     "passed": "#3b7dd8",
@@ -275,7 +277,27 @@ def _timeline_rows(run: _Run) -> tuple[list[_Phase], int | None]:
     return rows[:TIMELINE_MAX_ROWS], cut
 
 
-def _plot_timeline(rows: list[_Phase], path: Path) -> None:
+def _runbooks(run: _Run) -> list[tuple[_Phase, list[_Phase]]]:
+    """Each phase recorded with the metric ``timeline`` (a scenario's runbook: an upgrade, a
+    roll) with its own phases, timed from its start, for a timeline of its own."""
+    found = []
+    for top in run.phases:
+        if not top.metrics.get(RUNBOOK_METRIC):
+            continue
+        rows: list[_Phase] = []
+
+        def walk(p: _Phase, top: _Phase = top, rows: list[_Phase] = rows) -> None:
+            rows.append(replace(p, offset=p.offset - top.offset, depth=p.depth - top.depth))
+            for c in sorted(p.children, key=lambda c: (c.offset, -c.seconds)):
+                walk(c)
+
+        walk(top)
+        found.append((top, rows[:TIMELINE_MAX_ROWS]))
+    return found
+
+
+def _plot_timeline(rows: list[_Phase], path: Path,
+                   xlabel: str = "seconds since run start") -> None:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -318,7 +340,7 @@ def _plot_timeline(rows: list[_Phase], path: Path) -> None:
     ax.tick_params(axis="y", pad=pad, length=0)
     ax.set_ylim(len(rows) - 0.4, -0.6)  # first phase on top
     ax.set_xlim(0, span * 1.1)
-    ax.set_xlabel("seconds since run start")
+    ax.set_xlabel(xlabel)
     ax.grid(axis="x", color="#e4e4e4")
     ax.set_axisbelow(True)
     for side in ("top", "right"):
@@ -575,12 +597,18 @@ def render(run_dirs: list[Path], out: Path | None = None) -> Path:
     timeline_png = out.with_name(f"{out.stem}-timeline.png")
     trend_png = out.with_name(f"{out.stem}-trend.png")
     # Stale plots from an earlier render must not sit beside a report lacking them.
-    for png in (timeline_png, trend_png):
+    for png in (timeline_png, trend_png, *out.parent.glob(f"{out.stem}-runbook-*.png")):
         png.unlink(missing_ok=True)
 
     rows, cut = _timeline_rows(this)
     if rows:
         _plot_timeline(rows, timeline_png)
+    runbooks = []
+    for i, (top, book) in enumerate(_runbooks(this), start=1):
+        png = out.with_name(f"{out.stem}-runbook-{i}.png")
+        _plot_timeline(book, png, xlabel=f"seconds since {top.name!r} started")
+        runbooks.append({"name": top.key, "png": png.name, "seconds": _fmt_secs(top.seconds),
+                         "outcome": top.outcome})
 
     trend_rows: list[dict[str, Any]] = []
     plotted: list[_Trend] = []
@@ -622,6 +650,7 @@ def render(run_dirs: list[Path], out: Path | None = None) -> Path:
         phases=_phase_rows(this),
         timeline=timeline_png.name if rows else None,
         timeline_cut=cut,
+        runbooks=runbooks,
         trends=trend_rows,
         plotted=plotted,
         trend_png=trend_png.name if plotted else None,

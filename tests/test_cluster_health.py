@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lab.ganeti import health
+from lab.ganeti import health, upgrade
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.rapi import RapiError
 from lab.remote import Result
@@ -20,14 +20,23 @@ NODES = ["node1.lab", "node2.lab", "node3.lab"]
 
 class Node:
     def __init__(self, name: str, skew: float = 0.0, mounted: bool = True,
-                 unreachable: tuple[str, ...] = ()) -> None:
+                 unreachable: tuple[str, ...] = (), intent: str | None = None) -> None:
         self.name, self.skew, self.mounted, self.unreachable = name, skew, mounted, unreachable
+        self.intent = intent  # the content of /var/lib/ganeti/intent-to-upgrade, if any
 
     def succeed(self, command: str, timeout: float = 300.0) -> str:
         assert command.startswith("date +%s.%N")
-        return f"{time.time() + self.skew:.3f}\n" + ("mounted" if self.mounted else "unmounted")
+        out = f"{time.time() + self.skew:.3f}\n" + ("mounted" if self.mounted else "unmounted")
+        if self.intent is not None and upgrade.INTENT in command:
+            out += "\nhalf-done"
+        return out
 
-    def run(self, command: str, timeout: float = 300.0) -> Result:
+    def run(self, command: str, timeout: float = 300.0, announce: bool = True) -> Result:
+        if command == f"cat {upgrade.INTENT}":
+            return Result(self.name, command, 0 if self.intent else 1, self.intent or "", "",
+                          0.1)
+        if command.startswith("kill -0 "):
+            return Result(self.name, command, 1, "", "no such process", 0.1)
         out = "\n".join(n for n in self.unreachable if n in command)
         return Result(self.name, command, 0, out, "", 0.1)
 
@@ -96,3 +105,14 @@ def test_rapi_down_is_one_problem_and_the_wait_names_it() -> None:
         health.ensure_healthy(cluster, timeout=0.5)
     assert "cluster c1.lab is not healthy" in str(info.value)
     assert "RAPI at 10.0.0.100: connection refused" in str(info.value)
+
+
+def test_a_half_done_upgrade_is_named_with_the_way_out() -> None:
+    machines = {n.split(".")[0]: Node(n.split(".")[0]) for n in NODES}
+    machines["node1"].intent = "3.0.2,3.1,4242"
+    machines["node2"].intent = "3.0.2,3.1,4242"  # only the master's file counts
+    problems = health.check(make_cluster(machines, Rapi(healthy_nodes(), []))).problems
+    assert problems == [
+        "node1: an upgrade from 3.0.2 to 3.1 (pid 4242, its process is gone) is half-done "
+        "(/var/lib/ganeti/intent-to-upgrade); `gnt-cluster upgrade --resume` on the master "
+        "completes it"]

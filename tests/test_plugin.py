@@ -177,7 +177,9 @@ def test_unregistered_marker_still_rejected(run, pytester: pytest.Pytester) -> N
 def test_markers_lists_lab(run) -> None:
     result = run("--markers")
     assert result.ret == pytest.ExitCode.OK
-    result.stdout.fnmatch_lines(["@pytest.mark.lab(layout=NAME): the test needs the lab's*"])
+    result.stdout.fnmatch_lines([
+        "@pytest.mark.lab(layout=NAME, reimages=False): the test needs the lab's*",
+        "@pytest.mark.nightly(reason=...): a lab test that runs nightly*"])
 
 
 # 3. fixtures -------------------------------------------------------------------------------
@@ -763,6 +765,35 @@ def test_lab_reset_restores_once(run, pytester, fake_layouts) -> None:
     assert outcomes(run()) == {"passed": 2}
     assert fake_layouts["ensure"] == ["one-cluster", "one-cluster"]
     assert fake_layouts["restore"] == ["cluster-one-cluster"]
+
+
+def test_tests_that_reimage_run_after_every_other_lab_test(run, pytester) -> None:
+    pytester.makeconftest(DUMMY_LAB_CONFTEST)
+    pytester.makepyfile(test_a_roll="""
+        import pytest
+
+        @pytest.mark.lab(layout="one-cluster", reimages=True)
+        def test_roll(lab):
+            pass
+
+        @pytest.mark.lab(layout="one-cluster")
+        def test_upgrade(lab):
+            pass
+    """, test_b_plain="""
+        import pytest
+
+        @pytest.mark.lab(layout="two-clusters")
+        def test_moves(lab):
+            pass
+
+        def test_unit():
+            pass
+    """)
+    result = run("-v")
+    assert outcomes(result) == {"passed": 4}
+    order = [line.split(" ")[0] for line in result.outlines if " PASSED" in line]
+    assert order == ["test_b_plain.py::test_unit", "test_a_roll.py::test_upgrade",
+                     "test_b_plain.py::test_moves", "test_a_roll.py::test_roll"]
 
 
 @pytest.mark.parametrize(("policy", "collected"), [

@@ -216,3 +216,26 @@ def test_parents_are_linked_by_id_where_names_repeat(tmp_path: Path) -> None:
     run = report._load_run(tmp_path / "r" / "timings.json")
     (linked,) = [p for p in run.phases if p.name == "boot"]
     assert linked.up is not None and linked.up.offset == 10
+
+
+def test_a_runbook_phase_gets_a_timeline_of_its_own(tmp_path: Path) -> None:
+    run = tmp_path / "20261126T090000Z-rbk1"
+    t = Timings(run, run.name)
+    t.started = T0
+    t.record("bring-up", 100, parent=None, start=T0)
+    t.record("roll & deploy", 300, parent=None, start=T0 + timedelta(seconds=200),
+             timeline=True)
+    t.record("node1: re-image", 120, parent="roll & deploy",
+             start=T0 + timedelta(seconds=260))
+    t.record("node1: gnt-node add --readd", 80, parent="roll & deploy",
+             start=T0 + timedelta(seconds=380))
+    t.write()
+    html = render([run]).read_text()
+    assert html.count("<h2>Timeline: ") == 1
+    assert "<h2>Timeline: roll &amp; deploy</h2>" in html
+    assert_png(run / "report-runbook-1.png")
+    assert 'src="report-runbook-1.png"' in html
+    # A render of a run without one leaves no stale runbook plot behind.
+    (run / "report-runbook-2.png").write_bytes(PNG_MAGIC)
+    render([make_run(tmp_path, "20261120T090000Z-aaaa", T0)], run / "report.html")
+    assert not list(run.glob("report-runbook-*.png"))

@@ -200,12 +200,13 @@ def _rapi_secrets(cluster: Cluster) -> str:
     return password
 
 
-def _prepare_node(cluster: Cluster, m: Machine, password: str) -> None:
+def _prepare_node(cluster: Cluster, m: Machine, password: str,
+                  series: str | None = None) -> None:
     # Without a cluster the daemons do not run yet (init and node add start them); wait
     # only until the boot-time ganeti service has run.
     m.wait_until_succeeds("systemctl is-active ganeti", timeout=300)
     # The cluster's Ganeti before anything of it starts: init and node add run that one.
-    versions.activate(m, cluster.plan.version)
+    versions.activate(m, series or cluster.plan.version)
     m.succeed(f"mountpoint -q {SHARED_MOUNT}")
     # Installed with `gnt-cluster renew-crypto` right after init (init refuses a
     # /var/lib/ganeti that already holds files); node adds then copy it to candidates.
@@ -307,8 +308,23 @@ def _install_rapi_certificate(cluster: Cluster) -> None:
                            "check `gnt-cluster renew-crypto` on the master")
 
 
-def _add_node(cluster: Cluster, node: str) -> None:
-    """`gnt-node add`, with the new node's identity checked by the lab first.
+def readd_node(cluster: Cluster, node: str) -> None:
+    """Bring a node whose root disk was replaced (``lab.reimage.reimage``) back into its
+    cluster: prepared as at bootstrap, on the Ganeti series the master runs now (a cluster
+    may have been upgraded since it formed), then `gnt-node add --readd`."""
+    m = cluster.lab.machine(node.split(".")[0])
+    secret = json.loads((cluster.state_dir / "rapi.json").read_text())
+    password = secret["password"]
+    lab_secrets.register(password, f"rapi password {cluster.plan.fqdn}", user=secret["user"])
+    _prepare_node(cluster, m, password, series=versions.active(cluster.master))
+    m.succeed(f"rm -f {RAPI_PEM_UPLOAD}")  # the node gets the cluster's copy from the master
+    _rapi_on_cluster_ip(cluster, m)
+    _add_node(cluster, node, readd=True)
+
+
+def _add_node(cluster: Cluster, node: str, readd: bool = False) -> None:
+    """`gnt-node add` (``--readd`` for a node the cluster already lists), with the node's
+    identity checked by the lab first.
 
     Ganeti 3.0.2's node add (lib/client/gnt_node.py _SetupSSH) has prepare-node-join write
     the cluster's rsa/dsa/ecdsa host keys onto the node (its ed25519 key stays its own) and
@@ -330,7 +346,8 @@ def _add_node(cluster: Cluster, node: str) -> None:
     log.warning("%s: %s identity verified by the lab; adding with --no-ssh-key-check (Ganeti "
                 "3.0.2 replaces the node's host keys mid-add and then checks them without a "
                 "tty: failed 1 in 12 adds)", cluster.plan.fqdn, node)
-    cluster.gnt(f"gnt-node add --no-ssh-key-check {q}", timeout=1200)
+    again = " --readd" if readd else ""
+    cluster.gnt(f"gnt-node add --no-ssh-key-check{again} {q}", timeout=1200)
     # The add replaced the node's ecdsa/rsa host keys, so the master's own known_hosts (written
     # at settle) no longer matches them: in 1 of 18 adds here the client negotiated ecdsa and
     # failed with "REMOTE HOST IDENTIFICATION HAS CHANGED". The node's ed25519 key is not

@@ -41,14 +41,38 @@ class Cluster:
     lab: Lab
     plan: ClusterPlan
     _rapi: RapiClient | None = field(default=None, repr=False)
+    # The node holding the master role when a scenario moved it (master-failover); the plan's
+    # master otherwise. A layout restore brings the plan's master back, with a new Cluster.
+    _master: str | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.plan.fqdn
 
     @property
+    def master_name(self) -> str:
+        """The fully qualified name of the node that is the master now."""
+        return self._master or self.plan.master
+
+    @property
     def master(self) -> Machine:
-        return self.lab.machine(self.plan.master.split(".")[0])
+        return self.lab.machine(self.master_name.split(".")[0])
+
+    def master_failover(self, to: str, timeout: float = 900.0) -> None:
+        """Move the master role to node ``to`` (fully qualified), the way Ganeti does it:
+        `gnt-cluster master-failover` run on the new master. The cluster IP and RAPI move with
+        the role."""
+        if to not in self.plan.nodes:
+            raise LabError(f"{to} is not a node of cluster {self.name}",
+                           f"choose one of {', '.join(self.plan.nodes)}")
+        gnt.run_gnt(self.lab.machine(to.split(".")[0]), self.plan.fqdn,
+                    "gnt-cluster master-failover", timeout=timeout)
+        self._master = to
+        self.forget_rapi()
+        found = self.master.succeed("cat /var/lib/ganeti/ssconf_master_node").strip()
+        if found != to:
+            raise LabError(f"{self.name}: master-failover to {to} ended with {found} as the "
+                           "master", "inspect `gnt-cluster getmaster` on the nodes")
 
     @property
     def nodes(self) -> list[Machine]:

@@ -1,6 +1,7 @@
 """A cluster's health after a snapshot restore, in seconds rather than a full verify's minute:
 what a restore can get wrong, and nothing more.
 
+- no upgrade is half-done (`gnt-cluster upgrade` killed part-way leaves its intent file);
 - the master's daemons answer: RAPI, and a node query through it (luxid);
 - every node of the plan is in the cluster and online;
 - every node's daemon is reachable from the master (its port, over the cluster network);
@@ -19,6 +20,7 @@ import time
 from dataclasses import dataclass
 
 from lab.errors import GanetiFailure
+from lab.ganeti import upgrade
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.nodes import SHARED_MOUNT
 from lab.ganeti.rapi import RapiError
@@ -97,7 +99,8 @@ def _master_view(cluster: Cluster) -> list[str]:
 
 
 def _nodes_reachable(cluster: Cluster) -> list[str]:
-    others = [n for n in cluster.plan.nodes if n != cluster.plan.master]
+    master = cluster.master_name
+    others = [n for n in cluster.plan.nodes if n != master]
     if not others:
         return []
     probe = "; ".join(
@@ -105,18 +108,26 @@ def _nodes_reachable(cluster: Cluster) -> list[str]:
         f"|| echo {shlex.quote(n)}" for n in others)
     result = cluster.master.run(probe, timeout=60)
     if result.exit_status is None:
-        return [f"{cluster.plan.master}: reaching the other nodes' daemons timed out"]
-    return [f"{node}: node daemon unreachable from the master {cluster.plan.master}"
+        return [f"{master}: reaching the other nodes' daemons timed out"]
+    return [f"{node}: node daemon unreachable from the master {master}"
             for node in result.stdout.split()]
 
 
 def _node_view(cluster: Cluster, m: Machine) -> list[str]:
     shared = "sharedfile" in cluster.plan.disk_templates
     mount = f"; mountpoint -q {SHARED_MOUNT} && echo mounted || echo unmounted" if shared else ""
+    is_master = m.name == cluster.master.name
+    intent = (f"; if test -e {upgrade.INTENT}; then echo half-done; fi" if is_master
+              else "")
     before = time.time()
-    out = m.succeed(f"date +%s.%N{mount}", timeout=30).split()
+    out = m.succeed(f"date +%s.%N{mount}{intent}", timeout=30).split()
     after = time.time()
     problems = []
+    if out[-1:] == ["half-done"]:
+        out.pop()
+        half_done = upgrade.pending(cluster)
+        problems.append(f"an {half_done or 'upgrade'} is half-done ({upgrade.INTENT}); "
+                        "`gnt-cluster upgrade --resume` on the master completes it")
     skew = float(out[0]) - (before + after) / 2
     if abs(skew) > MAX_SKEW + (after - before) / 2:
         problems.append(f"clock {skew:+.1f} s off the host's")

@@ -181,7 +181,7 @@ class InstanceFactory:
         name = name or self.free_name()
         placed_by_allocator = placed_by_allocator or extra.get("iallocator") is not None
         if pnode is None and not placed_by_allocator:
-            pnode = self.cluster.plan.master
+            pnode = self.cluster.master_name
         if template == "drbd" and snode is None and pnode is not None:
             snode = next(n for n in self.cluster.plan.nodes if n != pnode)
         self.made.append(name)  # before submitting: a half-made instance is removed too

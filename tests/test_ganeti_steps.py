@@ -1,0 +1,96 @@
+"""The pure parts of the upgrade, roll and load helpers: how an instance is moved, how a load
+is spread, which parameters changed, how downtime is counted. The scenarios run them on a real
+cluster (scenarios/test_upgrade.py, scenarios/test_roll_and_deploy.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from lab.ganeti import roll, upgrade
+from lab.ganeti.load import KINDS, mix
+from lab.ganeti.rapi import RapiError
+
+NODES = ["node1.lab", "node2.lab", "node3.lab", "node4.lab"]
+
+
+@pytest.mark.parametrize(("template", "running", "how"), [
+    ("sharedfile", True, "live migration"),
+    ("sharedfile", False, "failover"),
+    ("drbd", True, "live migration"),
+    ("plain", True, "move"),
+    ("plain", False, "move"),
+    ("file", True, "move"),
+])
+def test_how_an_instance_leaves_its_node(template: str, running: bool, how: str) -> None:
+    assert roll.how_to_move(template, running) == how
+
+
+def test_a_load_for_one_node_holds_every_kind_there() -> None:
+    placed = mix(["node1.lab"])
+    assert [(p.template, p.running) for p in placed] == KINDS
+    assert {p.pnode for p in placed} == {"node1.lab"}
+
+
+def test_a_load_spread_over_every_node_gives_each_node_every_kind() -> None:
+    placed = mix(NODES, len(NODES))
+    assert len(placed) == len(KINDS) * len(NODES)
+    per_node = Counter((p.pnode, p.template, p.running) for p in placed)
+    assert set(per_node.values()) == {1}
+    assert len(per_node) == len(NODES) * len(KINDS)
+
+
+def test_a_small_load_puts_one_of_each_kind_on_a_different_node() -> None:
+    placed = mix(NODES)
+    assert [p.pnode for p in placed] == NODES
+    assert {(p.template, p.running) for p in placed} == set(KINDS)
+
+
+def test_changed_params_names_only_what_differs() -> None:
+    before = {"kvm": {"disk_discard": "default", "acpi": True}, "fake": {"migration_mode": "live"}}
+    after = {"kvm": {"disk_discard": "ignore", "acpi": True}, "fake": {"migration_mode": "live"},
+             "xen-pvm": {"xen_cmd": "xl"}}
+    assert upgrade.changed_params(before, after) == {"disk_discard", "xen_cmd"}
+    assert upgrade.changed_params(after, after) == set()
+
+
+def test_a_refused_upgrade_names_the_nodes_and_the_fix() -> None:
+    exc = upgrade.UpgradeRefused("c1.lab", "3.1", ["node4.lab"], "…")
+    assert "not installed on node4.lab" in str(exc)
+    assert "install the 3.1 packages on node4.lab" in str(exc)
+
+
+class _Rapi:
+    """Answers the downtime poll from a script of listings, one per poll."""
+
+    def __init__(self, script: list[list[dict[str, Any]] | None]) -> None:
+        self.script, self.done = script, threading.Event()
+
+    def instances(self, bulk: bool = True) -> list[dict[str, Any]]:
+        if len(self.script) == 1:
+            self.done.set()
+        listing = self.script.pop(0) if len(self.script) > 1 else self.script[0]
+        if listing is None:
+            raise RapiError("GET", "/2/instances", None, "connection refused")
+        return listing
+
+
+def test_downtime_counts_polls_an_instance_that_should_run_was_seen_down() -> None:
+    up = {"name": "a.lab", "admin_state": "up", "oper_state": True}
+    down = {"name": "a.lab", "admin_state": "up", "oper_state": False}
+    stopped = {"name": "b.lab", "admin_state": "down", "oper_state": False}
+    rapi = _Rapi([[up, stopped], [down, stopped], [down, stopped], None, [up, stopped]])
+    ticks = iter(range(1000))  # each poll is one second after the one before
+    watch = roll.Downtime(SimpleNamespace(rapi=rapi), interval=0.01,  # type: ignore[arg-type]
+                          clock=lambda: float(next(ticks)))
+    with watch.watching():
+        assert rapi.done.wait(10)
+    # Two polls saw it down, one interval each; the unanswered poll is not downtime.
+    assert watch.down["a.lab"] == 2.0
+    assert "b.lab" not in watch.down  # stopped on purpose: not downtime
+    assert watch.unseen == 1.0
+    assert watch.polls >= 4
