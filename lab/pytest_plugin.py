@@ -27,6 +27,7 @@ from lab.errors import HarnessError, LabError
 from lab.ganeti.bootstrap import clusters_of, current_layout, ensure_layout, layout_snapshot
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.health import ensure_healthy
+from lab.ganeti.patches import GanetiPatch
 from lab.hostcheck import virtualization_problem
 from lab.images import ImageStore, current_images
 from lab.lab import Lab
@@ -88,6 +89,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="also run the tests marked nightly (ganeti-lab run does; CI does not)")
     g.addoption("--lab-profile", choices=("small", "full"), default="small",
                 help="scenario size profile: small (CI) or full (nightly, ganeti-lab run)")
+    g.addoption("--ganeti-patch", default=None, metavar="FILE",
+                help="a unified diff against Ganeti's Python tree, applied on the nodes of "
+                     "every cluster of --ganeti-patch-series before it forms")
+    g.addoption("--ganeti-patch-series", default="3.0", metavar="SERIES",
+                help="the Ganeti series the patch is for (default 3.0)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -112,10 +118,20 @@ def pytest_configure(config: pytest.Config) -> None:
     run_dir = Path(config.getoption("--lab-runs")) / run_id
     if worker:
         run_dir = run_dir / worker
-    timings = Timings(run_dir, run_id, host=host_facts(),
-                      meta={"profile": config.getoption("--lab-profile"), "worker": worker})
+    patch = None
+    if config.getoption("--ganeti-patch"):
+        try:
+            patch = GanetiPatch.load(config.getoption("--ganeti-patch"),
+                                     config.getoption("--ganeti-patch-series"))
+        except LabError as exc:
+            raise pytest.UsageError(f"--ganeti-patch: {exc}") from None
+    meta: dict[str, Any] = {"profile": config.getoption("--lab-profile"), "worker": worker}
+    if patch is not None:
+        meta["ganeti_patch"] = patch.describe()
+    timings = Timings(run_dir, run_id, host=host_facts(), meta=meta)
     config.stash[_state_key] = {"timings": timings, "run_dir": run_dir, "worker": worker,
-                                "session": None, "lab_failed": False, "problem": None}
+                                "session": None, "lab_failed": False, "problem": None,
+                                "ganeti_patch": patch}
     if not config.option.xmlpath and not worker:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.option.xmlpath = str(run_dir / "junit.xml")
@@ -279,7 +295,8 @@ def lab(request: pytest.FixtureRequest, lab_host: ImageStore) -> Iterator[Lab]:
         name = f"{name or 'default'}-{state['worker']}"
     session = LabSession(config.getoption("--lab-topology"), name,
                          config.getoption("--lab-reuse"), config.getoption("--lab-keep"),
-                         state["timings"], force=config.getoption("--lab-force"))
+                         state["timings"], force=config.getoption("--lab-force"),
+                         ganeti_patch=state["ganeti_patch"])
     state["session"] = session
     try:
         lab = session.start()

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from lab import rest, topology, virt
 from lab.bringup import bring_up
 from lab.errors import LabError
+from lab.ganeti import patches
+from lab.ganeti.patches import GanetiPatch
 from lab.images import current_images
 from lab.lab import Lab, check_not_in_use, destroy
 from lab.leases import LeaseBook
@@ -30,6 +32,7 @@ class LabSession:
     keep: str
     timings: Timings | None = None
     force: bool = False  # take over or destroy a lab whose owner process is alive
+    ganeti_patch: GanetiPatch | None = None  # applied on its clusters' nodes (lab.ganeti.patches)
     lab: Lab | None = None
     reused: bool = False
 
@@ -51,6 +54,7 @@ class LabSession:
                                f"destroy it (`ganeti-lab destroy {name}`) or drop --lab-reuse")
             LeaseBook().set_owner(name, os.getpid())
             register_lab_secrets(lab.dir)
+            patches.adopt(lab, self.ganeti_patch)
             log.info("reusing lab %s (%s)", name, lab.accelerator)
             self.lab, self.reused = lab, True
             return lab
@@ -62,6 +66,7 @@ class LabSession:
         lab = Lab.prepare(topo, name, current_images(timings=self.timings))
         register_lab_secrets(lab.dir)
         self.lab = lab
+        patches.adopt(lab, self.ganeti_patch)
         log.info("lab %s: accelerator %s", name, lab.accelerator)
         with maybe_phase(self.timings, f"lab up ({len(lab.plan.machines)} machines)"):
             bring_up(lab, Steps(f"lab {name}", self.timings))

@@ -155,6 +155,10 @@ def restore(lab: Lab, name: str, ssh_timeout: float = 180.0) -> Snapshot:
 # each snapshot: SSH host keys (Ganeti's node add replaces them) and which cluster layout the
 # machines run (written by lab.ganeti.bootstrap).
 STATE_FILES = ("known_hosts", "layout")
+# What the lab knows of its clusters (RAPI credentials and the pinned certificate, the
+# formation verify): a restore brings back the clusters of that moment, and with them what
+# the lab knew of them. Snapshots saved before this rule have no copy: the current is kept.
+STATE_DIRS = ("clusters",)
 
 
 def _state_copy(lab: Lab, name: str, state_file: str) -> Path:
@@ -169,6 +173,11 @@ def _keep_state_files(lab: Lab, name: str) -> None:
             shutil.copy(current, copy)
         else:
             copy.unlink(missing_ok=True)
+    for state_dir in STATE_DIRS:
+        current, copy = lab.dir / state_dir, _state_copy(lab, name, state_dir)
+        shutil.rmtree(copy, ignore_errors=True)
+        if current.is_dir():
+            shutil.copytree(current, copy)  # modes kept: the secrets stay 0600
 
 
 def _restore_state_files(lab: Lab, name: str) -> None:
@@ -178,6 +187,11 @@ def _restore_state_files(lab: Lab, name: str) -> None:
             shutil.copy(copy, current)
         elif state_file != "known_hosts":  # snapshots older than this rule kept only that
             current.unlink(missing_ok=True)
+    for state_dir in STATE_DIRS:
+        current, copy = lab.dir / state_dir, _state_copy(lab, name, state_dir)
+        if copy.is_dir():
+            shutil.rmtree(current, ignore_errors=True)
+            shutil.copytree(copy, current)
 
 
 def resync_clocks(lab: Lab, timeout: float = 180.0, domains: set[str] | None = None) -> None:
@@ -205,4 +219,6 @@ def delete(lab: Lab, name: str) -> None:
     index.pop(name, None)
     for state_file in STATE_FILES:
         _state_copy(lab, name, state_file).unlink(missing_ok=True)
+    for state_dir in STATE_DIRS:
+        shutil.rmtree(_state_copy(lab, name, state_dir), ignore_errors=True)
     _write_index(lab, index)

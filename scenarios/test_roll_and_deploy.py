@@ -45,12 +45,13 @@ def test_roll_a_fresh_image_onto_every_hypervisor(lab_reset: object, cluster: Cl
     assert kinds == {"live migration", "failover", "move"}, kinds
 
     watch = roll.Downtime(cluster)
-    with watch.watching(), timings.phase("roll & deploy", timeline=True) as rolling:
-        for node in rolled:
-            with timings.phase(f"roll {node.split('.')[0]}"):
-                moves = roll.roll_node(cluster, node, timings)
-            assert {m.instance for m in moves} == {
-                name for name, p in load.instances.items() if p.pnode == node}
+    with timings.phase("roll & deploy", timeline=True) as rolling:
+        with watch.watching():
+            for node in rolled:
+                with timings.phase(f"roll {node.split('.')[0]}"):
+                    moves = roll.roll_node(cluster, node, timings)
+                assert {m.instance for m in moves} == {
+                    name for name, p in load.instances.items() if p.pnode == node}
         for name, seconds in sorted(watch.down.items()):
             rolling.metric(f"downtime {name.split('.')[0]}", round(seconds, 1))
         rolling.metric("seconds RAPI did not answer", round(watch.unseen, 1))

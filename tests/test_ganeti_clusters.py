@@ -4,16 +4,20 @@ the two-cluster layout formed from the "booted" snapshot of the same machines.""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from lab.ganeti import versions
-from lab.ganeti.bootstrap import EMULATION_MAX_RUNNING_JOBS
+from lab.ganeti import patches, versions
+from lab.ganeti.bootstrap import EMULATION_MAX_RUNNING_JOBS, RENEW_CRYPTO_BUG, wait_rapi
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.health import check
+from lab.ganeti.patches import GanetiPatch, PatchError
 from lab.ganeti.rapi import RapiAuthError, RapiClient, RapiError
 from lab.ganeti.versions import VersionError
 from lab.lab import Lab
+
+EXAMPLE_PATCH = Path(__file__).parent.parent / "examples" / "ganeti-1275-renew-crypto.diff"
 
 
 def _check_cluster(c: Cluster) -> None:
@@ -92,13 +96,8 @@ def test_two_clusters_from_the_booted_snapshot(clusters: dict[str, Cluster]) -> 
     assert clusters["rack2"].plan.version == "3.1"
 
 
-@pytest.mark.lab(layout="one-cluster")
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "Ganeti 3.0.2 bug (upstream ganeti/ganeti#1275, open: renew-crypto acts only when a "
-    "--new-* option is given): `gnt-cluster renew-crypto -f --rapi-certificate=FILE` alone "
-    "prints success and leaves /var/lib/ganeti/rapi.pem unchanged; the lab works around it "
-    "with --new-confd-hmac-key (lab/ganeti/bootstrap.py, logged as a warning)"))
-def test_renew_crypto_rapi_certificate_alone_replaces_the_certificate(cluster: Cluster) -> None:
+def _renew_the_rapi_certificate_alone(cluster: Cluster) -> None:
+    """`gnt-cluster renew-crypto` with only --rapi-certificate must install that certificate."""
     from lab.ganeti.certs import rapi_certificate
 
     pem, ca = rapi_certificate(cluster.plan.fqdn, cluster.plan.ip)
@@ -109,10 +108,41 @@ def test_renew_crypto_rapi_certificate_alone_replaces_the_certificate(cluster: C
     assert "have been replaced" in out  # Ganeti reports success either way
     after = cluster.master.succeed(
         "openssl x509 -in /var/lib/ganeti/rapi.pem -noout -serial").strip()
-    if after != before:  # fixed upstream: keep the lab's pinned certificate in step
+    if after != before:  # the lab pins the new certificate (a restore brings the old back)
         (cluster.state_dir / "rapi-ca.pem").write_text(ca)
         cluster.forget_rapi()
+        wait_rapi(cluster)  # RAPI answers with the new certificate, pinned
+        assert cluster.rapi.info()["name"] == cluster.plan.fqdn
     assert after != before, f"rapi.pem still has {before} after renew-crypto reported success"
+
+
+@pytest.mark.lab(layout="one-cluster")
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    f"Ganeti 3.0.2 bug (upstream {RENEW_CRYPTO_BUG}, open: renew-crypto acts only when a "
+    "--new-* option is given): `gnt-cluster renew-crypto -f --rapi-certificate=FILE` alone "
+    "prints success and leaves /var/lib/ganeti/rapi.pem unchanged; the lab works around it "
+    "with --new-confd-hmac-key (lab/ganeti/bootstrap.py, logged as a warning); "
+    "examples/ganeti-1275-renew-crypto.diff fixes it (the next test)"))
+def test_renew_crypto_rapi_certificate_alone_replaces_the_certificate(cluster: Cluster) -> None:
+    _renew_the_rapi_certificate_alone(cluster)
+
+
+@pytest.mark.lab(layout="one-cluster")
+def test_the_fix_for_1275_makes_renew_crypto_replace_the_certificate(
+        lab_reset: Lab, cluster: Cluster) -> None:
+    """The red/green pair's green half: the test above, on a cluster patched in place with
+    the example fix (a contributor's `--ganeti-patch` applies it before the cluster forms)."""
+    # Made for 3.0: refused for the 3.1 tree every node also carries, before anything changes.
+    with pytest.raises(PatchError, match=r"does not apply to Ganeti 3\.1: "
+                                         r"ganeti/client/gnt_cluster\.py, hunk #1"):
+        patches.apply(lab_reset, GanetiPatch.load(EXAMPLE_PATCH, "3.1"), cluster.nodes)
+    assert [patches.applied(m) for m in cluster.nodes] == [None] * len(cluster.nodes)
+
+    fix = GanetiPatch.load(EXAMPLE_PATCH, "3.0")
+    assert fix.fixes_issue(RENEW_CRYPTO_BUG)
+    patches.apply(lab_reset, fix, cluster.nodes, restart=True)
+    assert set(cluster.versions().values()) == {f"3.0 (3.0.2-3) + patch {fix.short}"}
+    _renew_the_rapi_certificate_alone(cluster)
 
 
 @pytest.mark.lab(layout="one-cluster")

@@ -654,7 +654,7 @@ def test_the_nightly_run_takes_the_tests_ci_leaves_to_it(monkeypatch: pytest.Mon
     monkeypatch.chdir(Path(__file__).parent.parent)  # the project's tree: tests/ at hand
     args = argparse.Namespace(scenarios="scenarios", profile="full", keep="failed",
                               runs=str(tmp_path), topology=None, name=None, reuse=False,
-                              pytest_args=[])
+                              ganeti_patch=None, ganeti_patch_series="3.0", pytest_args=[])
     assert cli_run.cmd_run(args) == 0
     (argv,) = seen
     assert argv[:4] == ["scenarios", *cli_run.NIGHTLY_TESTS, "--lab-nightly"]

@@ -31,6 +31,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         argv.append(f"--lab-name={args.name}")
     if args.reuse:
         argv.append("--lab-reuse")
+    if args.ganeti_patch:
+        argv += [f"--ganeti-patch={args.ganeti_patch}",
+                 f"--ganeti-patch-series={args.ganeti_patch_series}"]
     argv += args.pytest_args
     code = int(pytest.main(argv))
     console.print(f"run {run_id}: {Path(args.runs) / run_id}")
@@ -53,6 +56,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sp.add_argument("--reuse", action="store_true", help="reuse a running lab of that name")
     sp.add_argument("--runs", default="runs", help="directory of run records")
     sp.add_argument("--scenarios", default="scenarios", help="scenario directory or file")
+    sp.add_argument("--ganeti-patch", metavar="FILE",
+                    help="a unified diff against Ganeti's Python tree (lib/...), applied on "
+                         "the nodes of every cluster of --ganeti-patch-series before it forms; "
+                         "its hash names the lab's layout snapshots and is in the run record")
+    sp.add_argument("--ganeti-patch-series", default="3.0", metavar="SERIES",
+                    help="the Ganeti series the patch is for (default 3.0)")
     sp.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     sp.set_defaults(fn=cmd_run)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from lab import secrets as lab_secrets
 from lab import snapshots
 from lab.errors import GanetiFailure, LabError, raise_failures
-from lab.ganeti import versions
+from lab.ganeti import patches, versions
 from lab.ganeti.certs import rapi_certificate
 from lab.ganeti.cluster import RAPI_USER, Cluster
 from lab.ganeti.health import ensure_healthy
@@ -44,15 +44,21 @@ IPOLICY_BOUNDS = ("min:disk-size=64,cpu-count=1,disk-count=1,memory-size=32,nic-
                   "memory-size=32768,nic-count=8,spindle-use=12")
 
 
+RENEW_CRYPTO_BUG = "ganeti/ganeti#1275"
+
+
 class ClusterError(GanetiFailure):
     pass
 
 
 def layout_snapshot(lab: Lab, layout: str) -> str:
     """The "cluster ready" snapshot of a layout, named with its clusters' Ganeti versions
-    (``cluster-two-clusters-3.0-3.1``), so layouts on different versions coexist in a lab."""
-    versions = "-".join(cp.version for cp in lab.plan.layouts[layout])
-    return f"cluster-{layout}-{versions}"
+    (``cluster-two-clusters-3.0-3.1``), so layouts on different versions coexist in a lab, and
+    with the lab's Ganeti patch when one of its clusters runs it."""
+    series = [cp.version for cp in lab.plan.layouts[layout]]
+    patch = patches.lab_patch(lab)
+    patched = f"-patch-{patch.short}" if patch is not None and patch.series in series else ""
+    return f"cluster-{layout}-{'-'.join(series)}{patched}"
 
 
 def current_layout(lab: Lab) -> str | None:
@@ -150,7 +156,8 @@ def _bootstrap(lab: Lab, cp: ClusterPlan, timings: Timings | None,
         nodes = cluster.nodes
         with maybe_phase(timings, f"{cp.name}: prepare {len(nodes)} nodes"):
             password = _rapi_secrets(cluster)
-            lab.on_all(lambda m: _prepare_node(cluster, m, password), nodes)
+            patch = _patch_for(cluster, cp.version, nodes[0])
+            lab.on_all(lambda m: _prepare_node(cluster, m, password, patch=patch), nodes)
         _log_rpc_connect_timeout(cluster)
         with maybe_phase(timings, f"{cp.name}: gnt-cluster init"):
             cluster.gnt(_init_command(cluster), timeout=1200)
@@ -200,13 +207,26 @@ def _rapi_secrets(cluster: Cluster) -> str:
     return password
 
 
+def _patch_for(cluster: Cluster, series: str, fresh: Machine
+               ) -> tuple[patches.GanetiPatch, dict[str, str]] | None:
+    """The lab's Ganeti patch and the files it makes from ``fresh``'s (unpatched) tree, when
+    the cluster's series is the patch's."""
+    patch = patches.lab_patch(cluster.lab)
+    if patch is None or patch.series != series:
+        return None
+    return patch, patches.prepare(patch, fresh)
+
+
 def _prepare_node(cluster: Cluster, m: Machine, password: str,
-                  series: str | None = None) -> None:
+                  series: str | None = None,
+                  patch: tuple[patches.GanetiPatch, dict[str, str]] | None = None) -> None:
     # Without a cluster the daemons do not run yet (init and node add start them); wait
     # only until the boot-time ganeti service has run.
     m.wait_until_succeeds("systemctl is-active ganeti", timeout=300)
     # The cluster's Ganeti before anything of it starts: init and node add run that one.
     versions.activate(m, series or cluster.plan.version)
+    if patch is not None:
+        patches.install(patch[0], m, patch[1])
     m.succeed(f"mountpoint -q {SHARED_MOUNT}")
     # Installed with `gnt-cluster renew-crypto` right after init (init refuses a
     # /var/lib/ganeti that already holds files); node adds then copy it to candidates.
@@ -296,11 +316,19 @@ def _install_rapi_certificate(cluster: Cluster) -> None:
     after init, while the master is the only node, so only its daemons restart; node adds then
     copy the certificate.
     """
-    log.warning("%s: working around Ganeti 3.0.2's renew-crypto bug (ganeti/ganeti#1275): "
-                "--rapi-certificate alone changes nothing, so --new-confd-hmac-key is added",
-                cluster.plan.fqdn)
-    cluster.gnt(f"gnt-cluster renew-crypto -f --rapi-certificate={RAPI_PEM_UPLOAD} "
-                f"--new-confd-hmac-key && rm -f {RAPI_PEM_UPLOAD}", timeout=900)
+    patch = patches.lab_patch(cluster.lab)
+    if patch is not None and patch.series == cluster.plan.version \
+            and patch.fixes_issue(RENEW_CRYPTO_BUG):
+        log.info("%s: no workaround for %s: the lab's patch %s fixes it", cluster.plan.fqdn,
+                 RENEW_CRYPTO_BUG, patch.file)
+        workaround = ""
+    else:
+        log.warning("%s: working around Ganeti 3.0.2's renew-crypto bug (%s): "
+                    "--rapi-certificate alone changes nothing, so --new-confd-hmac-key is "
+                    "added", cluster.plan.fqdn, RENEW_CRYPTO_BUG)
+        workaround = " --new-confd-hmac-key"
+    cluster.gnt(f"gnt-cluster renew-crypto -f --rapi-certificate={RAPI_PEM_UPLOAD}"
+                f"{workaround} && rm -f {RAPI_PEM_UPLOAD}", timeout=900)
     subject = cluster.master.succeed(
         "openssl x509 -in /var/lib/ganeti/rapi.pem -noout -subject").strip()
     if not subject.endswith(cluster.plan.fqdn):
@@ -316,7 +344,8 @@ def readd_node(cluster: Cluster, node: str) -> None:
     secret = json.loads((cluster.state_dir / "rapi.json").read_text())
     password = secret["password"]
     lab_secrets.register(password, f"rapi password {cluster.plan.fqdn}", user=secret["user"])
-    _prepare_node(cluster, m, password, series=versions.active(cluster.master))
+    series = versions.active(cluster.master)
+    _prepare_node(cluster, m, password, series=series, patch=_patch_for(cluster, series, m))
     m.succeed(f"rm -f {RAPI_PEM_UPLOAD}")  # the node gets the cluster's copy from the master
     _rapi_on_cluster_ip(cluster, m)
     _add_node(cluster, node, readd=True)

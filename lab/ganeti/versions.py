@@ -13,6 +13,8 @@ from lab.errors import LabError
 from lab.remote import Machine
 
 LIB, SHARE = "/etc/ganeti/lib", "/etc/ganeti/share"
+# Written by lab/ganeti/patches.py on a node it patched: "<series> <sha256> <file>".
+PATCH_MARKER = "/var/lib/ganeti-lab/patch"
 
 
 class VersionError(LabError):
@@ -30,9 +32,16 @@ def package_version(m: Machine, series: str) -> str:
 
 
 def describe(m: Machine) -> str:
-    """What the node runs, as the run record shows it: ``3.1 (3.1.0~rc2-3~bpo12+1)``."""
-    series = active(m)
-    return f"{series} ({package_version(m, series)})"
+    """What the node runs, as the run record shows it: ``3.1 (3.1.0~rc2-3~bpo12+1)``, with
+    ``+ patch <sha256 prefix>`` when the lab patched that series (lab/ganeti/patches.py)."""
+    out = m.succeed(
+        f"s=$(basename \"$(readlink -f {LIB})\"); echo \"$s\"; "
+        "dpkg-query -W -f '${Version}\\n' \"ganeti-$s\"; "
+        f"cat {PATCH_MARKER} 2>/dev/null || true").splitlines()
+    series, version = out[0].strip(), out[1].strip()
+    patch = out[2].split() if len(out) > 2 else []
+    patched = f" + patch {patch[1][:10]}" if len(patch) > 1 and patch[0] == series else ""
+    return f"{series} ({version}){patched}"
 
 
 def activate(m: Machine, series: str) -> None:
