@@ -259,6 +259,7 @@ class _FakeLab:
         from types import SimpleNamespace
 
         self.name, self.accelerator, self.log = name, "tcg: fake", []
+        self.dir = Path("/nonexistent/ganeti-lab") / name  # a lab without a Ganeti patch
         self.plan = SimpleNamespace(
             topology=topo.source, console_dir="/nowhere",
             layouts={k: [SimpleNamespace(name=c.name, version=c.version) for c in v]
