@@ -94,3 +94,39 @@ def test_downtime_counts_polls_an_instance_that_should_run_was_seen_down() -> No
     assert "b.lab" not in watch.down  # stopped on purpose: not downtime
     assert watch.unseen == 1.0
     assert watch.polls >= 4
+
+
+def _privsep_cluster(master: str = "node1") -> Any:
+    machines = [SimpleNamespace(name=n.split(".")[0]) for n in NODES[:2]]
+    return SimpleNamespace(master=SimpleNamespace(name=master), nodes=machines)
+
+
+def test_a_daemon_under_another_user_or_missing_is_named() -> None:
+    from lab.ganeti.privsep import DaemonProcess, daemon_problems
+
+    def on(node: str, *daemons: tuple[str, str]) -> list[DaemonProcess]:
+        return [DaemonProcess(node, d, user, 0 if user == "root" else 999, 999)
+                for d, user in daemons]
+
+    base = [("ganeti-noded", "root"), ("ganeti-mond", "root"), ("ganeti-confd", "gnt-confd")]
+    master = [("ganeti-luxid", "gnt-masterd"), ("ganeti-wconfd", "gnt-masterd"),
+              ("ganeti-rapi", "gnt-rapi")]
+    found = on("node1", *base, *master) + on("node2", *base)
+    assert daemon_problems(_privsep_cluster(), found) == []
+    found = on("node1", *base, ("ganeti-luxid", "gnt-masterd"), ("ganeti-wconfd", "root"),
+               ("ganeti-rapi", "gnt-rapi")) + on("node2", *base[:2])
+    assert daemon_problems(_privsep_cluster(), found) == [
+        "node2: ganeti-confd is not running",
+        "node1: ganeti-wconfd runs as root (uid 0), expected gnt-masterd"]
+
+
+def test_qemu_processes_are_found_by_their_instance_name() -> None:
+    from lab.ganeti.privsep import QemuProcess, qemu_processes
+
+    ps = ("  812  2001  2001  2001 /usr/bin/qemu-system-x86_64 -name inst3.lab,debug-threads=on"
+          " -m 128\n"
+          "  813     0     0     0 /usr/bin/qemu-system-x86_64 -name inst4.lab -m 128\n")
+    node = SimpleNamespace(succeed=lambda command: ps)
+    assert qemu_processes(node) == [  # type: ignore[arg-type]
+        QemuProcess("inst3.lab", 812, (2001, 2001, 2001)),
+        QemuProcess("inst4.lab", 813, (0, 0, 0))]

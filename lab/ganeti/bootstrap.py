@@ -45,6 +45,7 @@ IPOLICY_BOUNDS = ("min:disk-size=64,cpu-count=1,disk-count=1,memory-size=32,nic-
 
 
 RENEW_CRYPTO_BUG = "ganeti/ganeti#1275"
+RAPI_USERS = "/var/lib/ganeti/rapi/users"
 
 
 class ClusterError(GanetiFailure):
@@ -231,10 +232,29 @@ def _prepare_node(cluster: Cluster, m: Machine, password: str,
     # Installed with `gnt-cluster renew-crypto` right after init (init refuses a
     # /var/lib/ganeti that already holds files); node adds then copy it to candidates.
     m.write_file(RAPI_PEM_UPLOAD, (cluster.state_dir / "rapi.pem").read_text(), 0o400)
-    ha1 = hashlib.md5(f"{RAPI_USER}:Ganeti Remote API:{password}".encode()).hexdigest()
     m.succeed("mkdir -p /var/lib/ganeti/rapi")
-    m.write_file("/var/lib/ganeti/rapi/users", f"{RAPI_USER} {{HA1}}{ha1} write\n", 0o640)
-    m.succeed("chown gnt-rapi:gnt-masterd /var/lib/ganeti/rapi/users")
+    m.write_file(RAPI_USERS, rapi_user_line(RAPI_USER, password, "write"), 0o640)
+    m.succeed(f"chown gnt-rapi:gnt-masterd {RAPI_USERS}")
+
+
+def rapi_user_line(user: str, password: str, access: str) -> str:
+    """A line of RAPI's users file; the password only as Ganeti's HA1 hash."""
+    ha1 = hashlib.md5(f"{user}:Ganeti Remote API:{password}".encode()).hexdigest()
+    return f"{user} {{HA1}}{ha1} {access}\n"
+
+
+def add_rapi_user(cluster: Cluster, user: str, password: str, access: str) -> None:
+    """Another RAPI user on every node (RAPI re-reads its users file by itself); the password
+    is registered as a secret first, so no log or artifact shows it."""
+    lab_secrets.register(password, f"rapi password {cluster.plan.fqdn} ({user})", user=user)
+    line = rapi_user_line(user, password, access)
+
+    def add(m: Machine) -> None:
+        # Written as a file, not a command: the command line is in the live log.
+        m.write_file(RAPI_USERS, m.read_file(RAPI_USERS) + line, 0o640)
+        m.succeed(f"chown gnt-rapi:gnt-masterd {RAPI_USERS}")
+
+    cluster.lab.on_all(add, cluster.nodes)
 
 
 def _log_rpc_connect_timeout(cluster: Cluster) -> None:

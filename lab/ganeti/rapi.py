@@ -423,6 +423,28 @@ class RapiClient:
                                    f"request to {self.host}:{self.port} failed "
                                    f"({_reason(exc)})", where=self.where)
 
+    def status_of(self, method: str, path: str, body: str | None = None,
+                  content_type: str | None = "application/json",
+                  authenticated: bool = True) -> int:
+        """The HTTP status RAPI answers a request with, whatever it is: for proving access
+        control (401, 403, 415) without the client's own error handling. ``body`` is sent as
+        is, under ``content_type`` (None: no Content-Type header at all)."""
+        headers = {"Content-Type": content_type} if content_type else {}
+        if authenticated:
+            resp, failure = self._transport(method, path, [], body, headers)
+        else:
+            try:
+                resp, failure = requests.request(
+                    method, self._base + path, data=body, headers=headers,
+                    timeout=self.timeout, verify=str(self.ca_file)), None
+            except requests.exceptions.RequestException as exc:
+                resp, failure = None, RapiError(method, path, None, _reason(exc),
+                                                where=self.where)
+        if failure is not None:
+            raise failure from None
+        assert resp is not None
+        return resp.status_code
+
     def _submit(self, method: str, path: str, query: list[tuple[str, Any]] | None = None,
                 body: Any = None) -> Job:
         """Send a job-submitting call; Ganeti answers with the job id (possibly a string)."""
