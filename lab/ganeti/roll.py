@@ -108,7 +108,10 @@ class Downtime:
     in a poll counts as down since the poll before. Polls RAPI did not answer (the master role
     moving) are counted apart, as time nothing could be seen."""
     cluster: Cluster
-    interval: float = 3.0
+    # Each poll makes the master ask every node for its instances' state: under emulation,
+    # seconds of its CPU. Often enough to see a move's downtime, rarely enough to leave the
+    # master to the roll's own jobs.
+    interval: float = 10.0
     down: dict[str, float] = field(default_factory=dict)
     unseen: float = 0.0
     polls: int = 0
