@@ -434,9 +434,11 @@ class RapiClient:
             resp, failure = self._transport(method, path, [], body, headers)
         else:
             try:
-                resp, failure = requests.request(
-                    method, self._base + path, data=body, headers=headers,
-                    timeout=self.timeout, verify=str(self.ca_file)), None
+                with requests.Session() as anonymous:
+                    anonymous.trust_env = False  # as the client's own session
+                    resp, failure = anonymous.request(
+                        method, self._base + path, data=body, headers=headers,
+                        timeout=self.timeout, verify=str(self.ca_file)), None
             except requests.exceptions.RequestException as exc:
                 resp, failure = None, RapiError(method, path, None, _reason(exc),
                                                 where=self.where)
