@@ -40,6 +40,7 @@ log = logging.getLogger("lab.ganeti.patches")
 
 MARKER = PATCH_MARKER
 PYTHON_DAEMONS = ("ganeti-noded", "ganeti-rapi")  # the others of 3.x are Haskell
+DAEMON_UTIL = "/usr/lib/ganeti/daemon-util"
 _FIXES = re.compile(r"^Fixes:\s*(\S+)", re.MULTILINE)
 _STATE = "ganeti-patch.json"
 
@@ -170,7 +171,12 @@ def install(patch: GanetiPatch, m: Machine, patched: dict[str, str],
     m.succeed(f"mkdir -p {shlex.quote(str(Path(MARKER).parent))}")
     m.write_file(MARKER, f"{patch.series} {patch.sha256} {patch.file}\n", 0o644)
     if restart:
-        m.succeed("systemctl try-restart " + " ".join(PYTHON_DAEMONS), timeout=300)
+        # Through Ganeti's daemon-util, which knows how this node runs them (Debian's 3.x
+        # packages ship an init script, not systemd units); only those that run are restarted.
+        m.succeed("; ".join(
+            f"if {DAEMON_UTIL} check {d} >/dev/null 2>&1; then "
+            f"{DAEMON_UTIL} stop {d} && {DAEMON_UTIL} start {d} || exit 1; fi"
+            for d in PYTHON_DAEMONS), timeout=300)
 
 
 def apply(lab: Lab, patch: GanetiPatch, machines: list[Machine],
