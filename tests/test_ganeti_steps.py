@@ -108,15 +108,16 @@ def test_a_daemon_under_another_user_or_missing_is_named() -> None:
         return [DaemonProcess(node, d, user, 0 if user == "root" else 999, 999)
                 for d, user in daemons]
 
-    base = [("ganeti-noded", "root"), ("ganeti-mond", "root"), ("ganeti-confd", "gnt-confd")]
-    master = [("ganeti-luxid", "gnt-masterd"), ("ganeti-wconfd", "gnt-masterd"),
-              ("ganeti-rapi", "gnt-rapi")]
+    base = [("ganeti-noded", "root"), ("ganeti-mond", "root")]
+    master = [("ganeti-confd", "gnt-confd"), ("ganeti-luxid", "gnt-masterd"),
+              ("ganeti-wconfd", "gnt-masterd"), ("ganeti-rapi", "gnt-rapi")]
     found = on("node1", *base, *master) + on("node2", *base)
     assert daemon_problems(_privsep_cluster(), found) == []
     found = on("node1", *base, ("ganeti-luxid", "gnt-masterd"), ("ganeti-wconfd", "root"),
-               ("ganeti-rapi", "gnt-rapi")) + on("node2", *base[:2])
+               ("ganeti-rapi", "gnt-rapi")) + on("node2", *base[:1])
     assert daemon_problems(_privsep_cluster(), found) == [
-        "node2: ganeti-confd is not running",
+        "node1: ganeti-confd is not running",
+        "node2: ganeti-mond is not running",
         "node1: ganeti-wconfd runs as root (uid 0), expected gnt-masterd"]
 
 

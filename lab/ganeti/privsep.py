@@ -24,8 +24,12 @@ DAEMON_USERS = {
     "ganeti-rapi": "gnt-rapi", "ganeti-metad": "gnt-metad",
 }
 ROOT_DAEMONS = frozenset(d for d, user in DAEMON_USERS.items() if user == "root")
-# Daemons that run on the master only.
-MASTER_DAEMONS = frozenset({"ganeti-luxid", "ganeti-wconfd", "ganeti-rapi"})
+# What must run: the node daemon and the monitoring daemon everywhere, the master's daemons on
+# the master. Others start on demand (metad) or are started on the other master candidates by
+# ganeti-watcher (confd), which the lab's images do not run from cron.
+EVERY_NODE = frozenset({"ganeti-noded", "ganeti-mond"})
+ON_THE_MASTER = EVERY_NODE | {"ganeti-confd", "ganeti-wconfd", "ganeti-luxid", "ganeti-rapi"}
+
 # The cluster's secrets, and the daemon users that need to read each one (the masterd user
 # reads them all: it runs the jobs that distribute them).
 PRIVATE = {
@@ -76,9 +80,9 @@ def daemon_problems(cluster: Cluster, found: list[DaemonProcess]) -> list[str]:
     problems = []
     master = cluster.master.name
     for m in cluster.nodes:
-        expected = {d for d in DAEMON_USERS if m.name == master or d not in MASTER_DAEMONS}
+        expected = ON_THE_MASTER if m.name == master else EVERY_NODE
         running = {p.daemon for p in found if p.node == m.name}
-        for daemon in sorted(expected - running - {"ganeti-kvmd", "ganeti-metad"}):
+        for daemon in sorted(expected - running):
             problems.append(f"{m.name}: {daemon} is not running")
     for p in found:
         want = DAEMON_USERS[p.daemon]
