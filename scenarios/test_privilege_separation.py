@@ -22,8 +22,11 @@ from lab.waiting import wait_for
 pytestmark = pytest.mark.lab(layout="one-cluster")
 
 JOB_TIMEOUT = 900
-POOL = range(2000, 2003)          # three uids for qemu processes
-MISSING_USER = 2003               # added to the pool later, without a user on the pool node
+POOL = range(2000, 2002)          # two uids for qemu processes
+MISSING_USER = 2002               # added to the pool later, without a user on the pool node
+# Under emulation each kvm instance takes about 100 s to create and 60 s to start: this test
+# took 914 s with four instances (three now), more than CI has room for.
+POOL_IN_CI = "about 15 minutes under emulation, more than CI has room for (README)"
 
 
 def test_daemons_run_as_their_own_users(cluster: Cluster, timings: Timings) -> None:
@@ -83,6 +86,7 @@ def test_rapi_lets_in_only_whom_it_should(lab_reset: object, cluster: Cluster,
         assert rapi.info() == info, "a refused write changed the cluster"
 
 
+@pytest.mark.nightly(reason=POOL_IN_CI)
 def test_kvm_instances_run_under_pool_uids(lab_reset: object, cluster: Cluster,
                                            timings: Timings,
                                            instances: InstanceFactory) -> None:
@@ -95,10 +99,10 @@ def test_kvm_instances_run_under_pool_uids(lab_reset: object, cluster: Cluster,
             cluster.nodes)
         cluster.gnt(f"gnt-cluster modify --uid-pool={POOL[0]}-{POOL[-1]} "
                     "-H kvm:security_model=pool")
-    with timings.phase(f"create four kvm instances on {node.name}") as phase:
+    with timings.phase(f"create three kvm instances on {node.name}") as phase:
         jobs = JobSet(cluster.rapi, timeout=JOB_TIMEOUT)
         names = [instances.submit(jobs, "plain", hypervisor="kvm", os="noop",
-                                  no_install=True, pnode=fqdn) for _ in range(4)]
+                                  no_install=True, pnode=fqdn) for _ in range(3)]
         jobs.wait()
         jobs.record(phase)
         jobs.raise_for_failures()
@@ -113,28 +117,28 @@ def test_kvm_instances_run_under_pool_uids(lab_reset: object, cluster: Cluster,
             found[q.instance] = q.uids[0]
         return found
 
-    first, second, third, fourth = names
-    with timings.phase("start three instances") as phase:
-        for name in (first, second, third):
+    first, second, third = names
+    with timings.phase("start two instances") as phase:
+        for name in (first, second):
             start(name)
         running = uids()
         for name, uid in sorted(running.items()):
             phase.metric(f"uid of {name.split('.')[0]}", uid)
-    assert set(running) == {first, second, third}, running
+    assert set(running) == {first, second}, running
     assert set(running.values()) == set(POOL), f"each qemu under its own pool uid: {running}"
 
     with timings.phase("stop one; its uid goes to the next instance started"):
         freed = running[second]
         cluster.rapi.shutdown_instance(second, timeout=0).wait(timeout=JOB_TIMEOUT)
         assert second not in uids()
-        start(fourth)
-        assert uids()[fourth] == freed, uids()
+        start(third)
+        assert uids()[third] == freed, uids()
 
     with timings.phase("start one more than the pool holds"):
         with pytest.raises(JobFailed, match="Failed to find an unused user-id"):
             start(second)
         # Nothing else broke: the others run on, under the uids they had.
-        assert uids() == {first: running[first], third: running[third], fourth: freed}
+        assert uids() == {first: running[first], third: freed}
 
     with timings.phase(f"a pool uid without a user on {node.name}"):
         others = [m for m in cluster.nodes if m is not node]
@@ -142,6 +146,10 @@ def test_kvm_instances_run_under_pool_uids(lab_reset: object, cluster: Cluster,
             f"id -u lab-pool-{MISSING_USER} >/dev/null 2>&1 || useradd -u {MISSING_USER} -U "
             f"-M -s /usr/sbin/nologin lab-pool-{MISSING_USER}"), others)
         cluster.gnt(f"gnt-cluster modify --uid-pool={POOL[0]}-{MISSING_USER}")
+        # The node reads the pool from its ssconf copy, which the master updates a moment
+        # later: a start before that still sees the old, full pool.
+        node.wait_until_succeeds(f"grep -qx '{POOL[0]}-{MISSING_USER}' "
+                                 "/var/lib/ganeti/ssconf_uid_pool", timeout=120, interval=2)
         with pytest.raises(JobFailed, match=r"getpwuid\(\): uid not found"):
             start(second)
-        assert set(uids()) == {first, third, fourth}
+        assert set(uids()) == {first, third}
