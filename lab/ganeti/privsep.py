@@ -62,7 +62,7 @@ def daemons(cluster: Cluster) -> list[DaemonProcess]:
     names = ",".join(DAEMON_USERS)
 
     def listed(m: Machine) -> list[DaemonProcess]:
-        out = m.succeed(f"ps -C {shlex.quote(names)} -o comm=,euser=,euid=,egid= || true")
+        out = m.succeed(f"ps -C {shlex.quote(names)} -o comm=,euser:32=,euid=,egid= || true")
         found = []
         for line in out.splitlines():
             parts = line.split()
