@@ -33,10 +33,11 @@ UPGRADE_SECONDS = 1800.0
 INSTALL_SECONDS = 900.0
 INTENT = "/var/lib/ganeti/intent-to-upgrade"
 PACKAGES = ("ganeti-{series}", "ganeti-haskell-{series}", "ganeti-htools-{series}")
-_APT = ("DEBIAN_FRONTEND=noninteractive apt-get -q -y "
-        "-o Dir::Etc::sourcelist=sources.list.d/lab-repo.list -o Dir::Etc::sourceparts=- "
-        "-o Dir::State::lists=/var/lib/apt/lab-repo-lists "
-        "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
+_LAB_REPO_ONLY = ("-o Dir::Etc::sourcelist=sources.list.d/lab-repo.list "
+                  "-o Dir::Etc::sourceparts=- -o Dir::State::lists=/var/lib/apt/lab-repo-lists")
+_APT = ("DEBIAN_FRONTEND=noninteractive apt-get -q -y " + _LAB_REPO_ONLY
+        + " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
+_APT_CACHE = "apt-cache " + _LAB_REPO_ONLY
 _NOT_INSTALLED = re.compile(r"Ganeti version (\S+) not installed on nodes (.+)")
 # What 3.1's configuration upgrade changes for good (NEWS, LAB-NOTES "Offline upgrade"): the
 # kvm hypervisor's disk_discard and xen's xen_cmd defaults; the downgrade keeps them.
@@ -73,7 +74,7 @@ def repo_version(m: Machine, package: str, series: str) -> str:
     """The version of ``package`` for Ganeti ``series`` that the lab's repository serves."""
     m.succeed("mkdir -p /var/lib/apt/lab-repo-lists/partial && " + _APT + " update",
               timeout=300)
-    out = m.succeed(_APT.replace("apt-get", "apt-cache") + " madison " + shlex.quote(package))
+    out = m.succeed(f"{_APT_CACHE} madison {shlex.quote(package)}")
     offered = [row.split("|")[1].strip() for row in out.splitlines() if row.count("|") >= 2]
     matching = [v for v in offered if v.startswith(f"{series}.")]
     if not matching:
