@@ -89,3 +89,11 @@ def test_a_lab_keeps_the_patch_it_was_given(tmp_path: Path) -> None:
     with pytest.raises(PatchError, match="destroy the lab"):
         adopt(lab, other)  # type: ignore[arg-type]
     assert lab_patch(lab).sha256 == patch.sha256  # type: ignore[arg-type, union-attr]
+
+
+def test_a_nodes_patch_marker_names_series_and_hash() -> None:
+    from lab.ganeti.versions import patch_in
+
+    patch = GanetiPatch.parse(PATCH, "3.0", "louder.diff")
+    assert patch_in(f"{patch.series} {patch.sha256} {patch.file}\n") == ("3.0", patch.sha256)
+    assert patch_in("") is None

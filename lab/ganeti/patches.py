@@ -30,7 +30,7 @@ import whatthepatch
 from whatthepatch.exceptions import HunkApplyException, WhatThePatchException
 
 from lab.errors import LabError
-from lab.ganeti.versions import PATCH_MARKER
+from lab.ganeti.versions import PATCH_MARKER, patch_in
 from lab.remote import Machine
 
 if TYPE_CHECKING:
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lab.ganeti.patches")
 
-MARKER = PATCH_MARKER
 PYTHON_DAEMONS = ("ganeti-noded", "ganeti-rapi")  # the others of 3.x are Haskell
 DAEMON_UTIL = "/usr/lib/ganeti/daemon-util"
 _FIXES = re.compile(r"^Fixes:\s*(\S+)", re.MULTILINE)
@@ -168,8 +167,8 @@ def install(patch: GanetiPatch, m: Machine, patched: dict[str, str],
         target = f"{tree(patch.series)}/{path}"
         m.write_file(target, content, 0o644)
         m.succeed(f"python3 -m py_compile {shlex.quote(target)}")
-    m.succeed(f"mkdir -p {shlex.quote(str(Path(MARKER).parent))}")
-    m.write_file(MARKER, f"{patch.series} {patch.sha256} {patch.file}\n", 0o644)
+    m.succeed(f"mkdir -p {shlex.quote(str(Path(PATCH_MARKER).parent))}")
+    m.write_file(PATCH_MARKER, f"{patch.series} {patch.sha256} {patch.file}\n", 0o644)
     if restart:
         # Through Ganeti's daemon-util, which knows how this node runs them (Debian's 3.x
         # packages ship an init script, not systemd units); only those that run are restarted.
@@ -187,17 +186,15 @@ def apply(lab: Lab, patch: GanetiPatch, machines: list[Machine],
     if not machines:
         return
     patched = prepare(patch, machines[0])
-    log.warning("Ganeti %s patched on %s with %s (sha256 %s; changes %s%s)", patch.series,
-                ", ".join(m.name for m in machines), patch.file, patch.short,
-                ", ".join(patch.files),
-                f"; fixes {', '.join(patch.fixes)}" if patch.fixes else "")
+    log.warning("patching %s with %s", ", ".join(m.name for m in machines), patch.describe())
     lab.on_all(lambda m: install(patch, m, patched, restart), machines)
 
 
 def applied(m: Machine) -> str | None:
     """The sha256 of the patch a node runs, or None."""
-    result = m.run(f"cat {MARKER}", announce=False)
-    return result.stdout.split()[1] if result.ok and result.stdout.strip() else None
+    result = m.run(f"cat {PATCH_MARKER}", announce=False)
+    found = patch_in(result.stdout) if result.ok else None
+    return found[1] if found else None
 
 
 # The lab's own patch ------------------------------------------------------------------------

@@ -39,9 +39,15 @@ def describe(m: Machine) -> str:
         "dpkg-query -W -f '${Version}\\n' \"ganeti-$s\"; "
         f"cat {PATCH_MARKER} 2>/dev/null || true").splitlines()
     series, version = out[0].strip(), out[1].strip()
-    patch = out[2].split() if len(out) > 2 else []
-    patched = f" + patch {patch[1][:10]}" if len(patch) > 1 and patch[0] == series else ""
+    patch = patch_in(out[2]) if len(out) > 2 else None
+    patched = f" + patch {patch[1][:10]}" if patch and patch[0] == series else ""
     return f"{series} ({version}){patched}"
+
+
+def patch_in(marker: str) -> tuple[str, str] | None:
+    """The series and sha256 a node's patch marker names, or None for an empty one."""
+    fields = marker.split()
+    return (fields[0], fields[1]) if len(fields) >= 2 else None
 
 
 def activate(m: Machine, series: str) -> None:
