@@ -148,8 +148,7 @@ def test_kvm_instances_run_under_pool_uids(lab_reset: object, cluster: Cluster,
         cluster.gnt(f"gnt-cluster modify --uid-pool={POOL[0]}-{MISSING_USER}")
         # The node reads the pool from its ssconf copy, which the master updates a moment
         # later: a start before that still sees the old, full pool.
-        node.wait_until_succeeds(f"grep -qx '{POOL[0]}-{MISSING_USER}' "
-                                 "/var/lib/ganeti/ssconf_uid_pool", timeout=120, interval=2)
+        cluster.wait_ssconf_current([node])
         with pytest.raises(JobFailed, match=r"getpwuid\(\): uid not found"):
             start(second)
         assert set(uids()) == {first, third}

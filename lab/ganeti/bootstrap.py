@@ -173,6 +173,7 @@ def _bootstrap(lab: Lab, cp: ClusterPlan, timings: Timings | None,
             _start_rapi(cluster)
             wait_rapi(cluster)
         with maybe_phase(timings, f"{cp.name}: gnt-cluster verify") as phase:
+            cluster.wait_ssconf_current()
             result = cluster.verify()
             cluster.record_formation_verify(result)
             if phase is not None:
@@ -369,6 +370,7 @@ def readd_node(cluster: Cluster, node: str) -> None:
     m.succeed(f"rm -f {RAPI_PEM_UPLOAD}")  # the node gets the cluster's copy from the master
     _rapi_on_cluster_ip(cluster, m)
     _add_node(cluster, node, readd=True)
+    cluster.wait_ssconf_current()
 
 
 def _add_node(cluster: Cluster, node: str, readd: bool = False) -> None:

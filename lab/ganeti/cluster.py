@@ -14,6 +14,7 @@ from lab.errors import LabError
 from lab.ganeti import gnt, versions
 from lab.ganeti.rapi import RapiClient
 from lab.remote import Machine
+from lab.waiting import wait_for
 
 log = logging.getLogger("lab.ganeti.cluster")
 
@@ -146,6 +147,46 @@ class Cluster:
                             "(%s; %d errors in all, the others follow from missing answers); "
                             "verifying again", self.name, timeouts[0], len(errors))
         return verdict
+
+    def wait_ssconf_current(self, nodes: list[Machine] | None = None,
+                            timeout: float = 300.0) -> None:
+        """Wait until ``nodes`` (default: every node Ganeti lists as online) hold the master's
+        copy of every ssconf file.
+
+        The master's configuration daemon writes each change to the other nodes' ssconf in the
+        background, after the job that made it has ended. Until then a node's daemon works from
+        the old copy: a verify right after the last `gnt-node add` failed on all four nodes
+        with "Error while executing backend function: 'node4.lab'" (its ssconf_ssh_ports did
+        not list the new node yet), and an instance start right after a uid pool change used
+        the old pool.
+        """
+        if nodes is None:
+            online = {r["name"] for r in self.query("gnt-node list", ["name", "offline"])
+                      if r["offline"] != "Y"}
+            nodes = [m for fqdn, m in zip(self.plan.nodes, self.nodes, strict=True)
+                     if fqdn in online]
+        targets = [m for m in nodes if m.name != self.master.name]
+        if not targets:
+            return
+        listing = "cd /var/lib/ganeti && md5sum ssconf_*"
+
+        def behind() -> list[str]:
+            sums = self.master.run(listing, announce=False)
+            if not sums.ok:
+                raise LabError(f"{self.master.name}: `{listing}` failed: {sums.stderr.strip()}")
+            found = self.lab.on_all(
+                lambda m: m.run("cd /var/lib/ganeti && md5sum --quiet -c -", input=sums.stdout,
+                                announce=False).ok, targets)
+            return [name for name, ok in found.items() if not ok]
+
+        def current() -> bool:
+            late[:] = behind()
+            return not late
+
+        late: list[str] = []
+        wait_for(f"{self.name}: ssconf of {len(targets)} nodes to match the master's", current,
+                 timeout=timeout, interval=3.0,
+                 describe=lambda: f"nodes still behind: {', '.join(late)}")
 
     # The verify of the bootstrap that formed the cluster, kept with the cluster's state: the
     # layout snapshot holds exactly that cluster, so a test of "the cluster formed clean" reads
