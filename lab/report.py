@@ -32,6 +32,9 @@ TREND_LIMIT = 12
 TIMELINE_MAX_ROWS = 60
 # A phase with this metric set gets a timeline of its own (lab.timings.Timings.phase).
 RUNBOOK_METRIC = "timeline"
+# Phases with this metric (a title) become the rows of one table under that title, their other
+# metrics its columns: figures a scenario compares side by side (moves, submission modes).
+TABLE_METRIC = "table"
 
 _COLOURS = {
     "passed": "#3b7dd8",
@@ -558,6 +561,30 @@ def _phase_rows(run: _Run) -> list[dict[str, Any]]:
     ]
 
 
+def _tables(run: _Run) -> list[dict[str, Any]]:
+    """Phases carrying the ``table`` metric, one table per title, in the order first seen;
+    columns are the union of their metrics in the order first seen."""
+    tables: dict[str, dict[str, Any]] = {}
+    for p in sorted(run.phases, key=lambda p: p.offset):
+        title = p.metrics.get(TABLE_METRIC)
+        if not title:
+            continue
+        table = tables.setdefault(str(title), {"title": str(title), "columns": [], "rows": []})
+        figures = {k: v for k, v in p.metrics.items() if k != TABLE_METRIC}
+        for key in figures:
+            if key not in table["columns"]:
+                table["columns"].append(key)
+        table["rows"].append({"name": p.name, "outcome": p.outcome, "seconds": p.seconds,
+                              "figures": figures})
+    for table in tables.values():
+        for row in table["rows"]:
+            row["cells"] = [_fmt_value(row["figures"][c]) if c in row["figures"] else _DASH
+                            for c in table["columns"]]
+            row["seconds"] = _fmt_secs(row["seconds"])
+            del row["figures"]
+    return list(tables.values())
+
+
 def _counts(run: _Run) -> str:
     seen: dict[str, int] = {}
     for p in run.phases:
@@ -651,6 +678,7 @@ def render(run_dirs: list[Path], out: Path | None = None) -> Path:
         timeline=timeline_png.name if rows else None,
         timeline_cut=cut,
         runbooks=runbooks,
+        tables=_tables(this),
         trends=trend_rows,
         plotted=plotted,
         trend_png=trend_png.name if plotted else None,

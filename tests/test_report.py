@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lab import report
 from lab.report import ReportError, render
 from lab.timings import Timings
 
@@ -239,3 +240,25 @@ def test_a_runbook_phase_gets_a_timeline_of_its_own(tmp_path: Path) -> None:
     (run / "report-runbook-2.png").write_bytes(PNG_MAGIC)
     render([make_run(tmp_path, "20261120T090000Z-aaaa", T0)], run / "report.html")
     assert not list(run.glob("report-runbook-*.png"))
+
+
+def test_phases_with_a_table_title_are_compared_side_by_side(tmp_path: Path) -> None:
+    run = tmp_path / "20261126T090000Z-tbl1"
+    t = Timings(run, run.name)
+    t.started = T0
+    t.record("move inst1.lab", 180, parent=None, start=T0, table="Moves",
+             **{"source version": "3.1", "MiB/s": 2.6})
+    t.record("live migration inst2.lab", 46, parent=None, start=T0 + timedelta(seconds=200),
+             table="Moves", **{"downtime seconds": 1.5})
+    t.record("unrelated", 5, parent=None, start=T0 + timedelta(seconds=300), count=3)
+    t.write()
+    html = render([run]).read_text()
+    section = html.split("<h2>Moves</h2>", 1)[1].split("</table>", 1)[0]
+    header = re.findall(r"<th[^>]*>([^<]*)</th>", section)
+    assert header == ["Phase", "Outcome", "Seconds", "source version", "MiB/s",
+                      "downtime seconds"]
+    rows = section.split("<tr>")[2:]
+    assert len(rows) == 2 and "unrelated" not in section
+    # A figure a phase lacks shows as a dash, not as another phase's value.
+    first = re.findall(r"<td>([^<]*)</td>", rows[0])
+    assert first[0] == "move inst1.lab" and first[-3:] == ["3.1", "2.6", report._DASH]

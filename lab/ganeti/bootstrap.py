@@ -229,7 +229,7 @@ def _prepare_node(cluster: Cluster, m: Machine, password: str,
     versions.activate(m, series or cluster.plan.version)
     if patch is not None:
         patches.install(patch[0], m, patch[1])
-    m.succeed(f"mountpoint -q {SHARED_MOUNT}")
+    m.succeed(f"mountpoint -q {SHARED_MOUNT} && mkdir -p {shared_storage_dir(cluster.plan)}")
     # Installed with `gnt-cluster renew-crypto` right after init (init refuses a
     # /var/lib/ganeti that already holds files); node adds then copy it to candidates.
     m.write_file(RAPI_PEM_UPLOAD, (cluster.state_dir / "rapi.pem").read_text(), 0o400)
@@ -297,6 +297,14 @@ def _rapi_on_cluster_ip(cluster: Cluster, m: Machine) -> None:
               ">> /etc/default/ganeti")
 
 
+def shared_storage_dir(cp: ClusterPlan) -> str:
+    """The cluster's own directory on the lab's one NFS share. Clusters never share one:
+    Ganeti names an instance's sharedfile directory after the instance, so an instance moved
+    between two clusters would have its old and new disks in one directory, and the source's
+    removal (which removes that directory only when empty) would fail."""
+    return f"{SHARED_MOUNT}/{cp.name}"
+
+
 def _init_command(cluster: Cluster) -> str:
     cp = cluster.plan
     master = cluster.master
@@ -315,7 +323,7 @@ def _init_command(cluster: Cluster) -> str:
         f"--enabled-disk-templates={','.join(cp.disk_templates)}",
         f"--vg-name={cp.vg_name}",
         f"--file-storage-dir={FILE_STORAGE}",
-        f"--shared-file-storage-dir={SHARED_MOUNT}",
+        f"--shared-file-storage-dir={shared_storage_dir(cp)}",
         f"--hypervisor-parameters=kvm:{','.join(kvm)}",
         f"--ipolicy-bounds-specs={IPOLICY_BOUNDS}",
         "--no-etc-hosts",

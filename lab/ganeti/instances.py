@@ -125,9 +125,13 @@ class InstanceFactory:
 
     cluster: Cluster
     made: list[str] = field(default_factory=list)
+    # Clusters whose instances' names count as taken too: an instance that may move between
+    # clusters needs a name free on both.
+    neighbours: list[Cluster] = field(default_factory=list)
 
     def free_name(self) -> str:
-        taken = {i["name"] for i in self.cluster.rapi.instances()} | set(self.made)
+        taken = set(self.made) | {i["name"] for c in (self.cluster, *self.neighbours)
+                                  for i in c.rapi.instances()}
         for short in self.cluster.lab.plan.instance_names:
             name = f"{short}.lab"
             if name not in taken:
