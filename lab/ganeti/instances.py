@@ -139,6 +139,13 @@ class InstanceFactory:
         raise LabError(f"every instance name of lab {self.cluster.lab.name} is in use",
                        "remove instances, or raise spec.INSTANCE_NAMES")
 
+    def reserve_name(self) -> str:
+        """A free name, counted as this factory's from now on (to plan several creations
+        before submitting any)."""
+        name = self.free_name()
+        self.made.append(name)
+        return name
+
     def create(self, template: str = "plain", *, tags: list[str] | None = None,
                **options: Any) -> str:
         """Create one instance and wait for it; returns its name. ``options``: ``name``,
@@ -188,7 +195,8 @@ class InstanceFactory:
             pnode = self.cluster.master_name
         if template == "drbd" and snode is None and pnode is not None:
             snode = next(n for n in self.cluster.plan.nodes if n != pnode)
-        self.made.append(name)  # before submitting: a half-made instance is removed too
+        if name not in self.made:  # before submitting: a half-made instance is removed too
+            self.made.append(name)
         return name, dict(disk_template=template, disks=[{"size": disk_mib}], nics=[{}], os=os,
                           hypervisor=hypervisor, pnode=pnode, snode=snode,
                           beparams={"memory": memory_mib, "vcpus": 1}, start=start, **extra)

@@ -3,10 +3,10 @@ clusters' RAPI, the way an operator does it; and knowing, when a move fails, wha
 on each side.
 
 ``prepare`` readies a pair of clusters in one call; ``move`` moves one instance and proves it
-arrived whole (disk checksums, memory, vCPUs, NICs, OS; tags re-applied: the tool does not
+arrived whole (disk checksums, memory, vCPUs, NICs, OS; tags re-applied: 3.0's tool does not
 carry them); ``inspect`` and ``recover`` handle a move that failed. Ganeti's own report of a
-move ("Import successful") is never the proof: on 3.0.2 the destination reports success with an
-empty disk (ganeti/ganeti#1681, LAB-NOTES "Inter-cluster move").
+move ("Import successful") is never the proof: on 3.0.2 the destination reports success with
+an empty disk (ganeti/ganeti#1681, LAB-NOTES "Inter-cluster move").
 
 The tool runs on the source cluster's master, from the Ganeti that node runs, with the CA files
 (certificate part only) and password files in a root-only directory there.
@@ -259,6 +259,7 @@ class MoveFigures:
     copy_seconds: float | None = None     # first disk sending -> last disk finished
     downtime_seconds: float | None = None  # source shut down -> destination started
     outcome: str = "moved"
+    tags_carried: bool | None = None      # by the tool itself (None: never got that far)
 
     @property
     def mib_per_s(self) -> float | None:
@@ -273,7 +274,8 @@ class MoveFigures:
                 "bytes": self.bytes, "seconds": round(self.seconds, 1),
                 "fixed seconds": _round(self.fixed_seconds),
                 "copy seconds": _round(self.copy_seconds), "MiB/s": self.mib_per_s,
-                "downtime seconds": _round(self.downtime_seconds), "outcome": self.outcome}
+                "downtime seconds": _round(self.downtime_seconds), "outcome": self.outcome,
+                "tags carried by the tool": self.tags_carried}
 
 
 def _round(value: float | None) -> float | None:
@@ -357,8 +359,8 @@ def move(route: Route, instance: str, *, dest_pnode: str | None = None,
          timeout: float = TOOL_TIMEOUT) -> MoveFigures:
     """Move ``instance`` from the route's source to its destination and prove it arrived:
     the same disks (sha256), memory, vCPUs, NICs and OS; running there if it was
-    up at the source; gone from the source; its tags re-applied by the lab (the tool does not
-    carry them).
+    up at the source; gone from the source; its tags re-applied by the lab (3.0's tool does
+    not carry them).
 
     ``dest_pnode`` defaults to the destination's master node. ``during`` runs beside the tool
     (to break a move on purpose). On failure: ``MoveError`` (``MoveToolCrashed``,
@@ -386,6 +388,8 @@ def move(route: Route, instance: str, *, dest_pnode: str | None = None,
     if before.admin_up:
         wait_running(route.dest, instance)
     after = InstancePicture.of(route.dest, instance)
+    # 3.0's tool drops the tags; 3.1's carries them. Re-applying is harmless either way.
+    figures.tags_carried = after.tags == before.tags
     if before.tags:
         route.dest.rapi.add_tags("instance", instance, list(before.tags)).wait(timeout=600)
         after = replace(after, tags=tuple(sorted(route.dest.rapi.tags("instance", instance))))

@@ -1,0 +1,166 @@
+"""Creating many instances through RAPI the ways operators submit them, and where `hail` puts
+them under labels (tags, drained, offline, vm_capable=no).
+
+``create(factory, mode, count)`` submits ``count`` creations in one of ``MODES`` and waits for
+all of them (a failure is recorded with Ganeti's reason and never stops the others);
+``placement`` reads where they landed; ``labelled`` applies one labelling case to a cluster and
+takes it off again afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from lab.errors import LabError
+from lab.ganeti.cluster import Cluster
+from lab.ganeti.instances import InstanceFactory
+from lab.ganeti.jobs import JobSet
+
+log = logging.getLogger("lab.ganeti.bulk")
+
+HAIL = "hail"
+JOB_TIMEOUT = 3600.0
+
+# How the creations are submitted, and how their nodes are chosen.
+ONE_BY_ONE = "one by one"                      # submit, wait, next; nodes in turn
+AT_ONCE = "all at once"                        # every job submitted before any ends; nodes in turn
+OPPORTUNISTIC = "all at once, opportunistic"   # hail, opportunistic_locking (needs an allocator)
+MULTI_ALLOC = "multi-alloc"                    # one /2/instances-multi-alloc request, hail
+BY_HAIL = "all at once, placed by hail"        # hail chooses each node
+ONE_NODE = "all on one node"                   # every instance on one node and one volume group
+MODES = (ONE_BY_ONE, AT_ONCE, OPPORTUNISTIC, MULTI_ALLOC, BY_HAIL, ONE_NODE)
+
+
+@dataclass
+class Created:
+    mode: str
+    names: list[str]
+    jobs: JobSet
+
+    @property
+    def succeeded(self) -> list[str]:
+        ok = {o.label for o in self.jobs.outcomes if o.ok}
+        return [n for n in self.names if n in ok]
+
+
+def create(factory: InstanceFactory, mode: str, count: int, *, template: str = "plain",
+           nodes: list[str] | None = None, iallocator: str | None = None,
+           **options: object) -> Created:
+    """Create ``count`` instances in ``mode`` and wait for every job. Where the mode does not
+    place them by hail, ``iallocator`` does, or else nodes in turn from ``nodes`` (default:
+    every node of the cluster)."""
+    if mode not in MODES:
+        raise LabError(f"no creation mode {mode!r}", f"choose one of: {', '.join(MODES)}")
+    cluster = factory.cluster
+    nodes = nodes or cluster.plan.nodes
+    jobs = JobSet(cluster.rapi, timeout=JOB_TIMEOUT)
+    names: list[str] = []
+
+    def placed(i: int) -> dict[str, object]:
+        allocator = HAIL if mode in (OPPORTUNISTIC, BY_HAIL) else iallocator
+        if allocator:
+            extra: dict[str, object] = {"iallocator": allocator}
+            if mode == OPPORTUNISTIC:
+                extra["opportunistic_locking"] = True
+            return extra
+        return {"pnode": nodes[0] if mode == ONE_NODE else nodes[i % len(nodes)]}
+
+    if mode == MULTI_ALLOC:
+        names = factory.submit_multi_alloc(
+            jobs, [{"template": template, **options} for _ in range(count)], iallocator=HAIL)
+    elif mode == ONE_BY_ONE:
+        for i in range(count):
+            names.append(factory.submit(jobs, template, **placed(i), **options))
+            jobs.wait()
+    else:
+        # Names first (each lookup is a RAPI call), then every submission from its own thread
+        # so no job waits for another's submission round trip.
+        planned = [factory.reserve_name() for _ in range(count)]
+        with ThreadPoolExecutor(max_workers=min(16, count)) as pool:
+            list(pool.map(lambda i: factory.submit(jobs, template, name=planned[i],
+                                                   **placed(i), **options), range(count)))
+        names = planned
+    jobs.wait()
+    for failed in jobs.failures():
+        log.warning("%s: %s (%s) failed: %s", cluster.name, failed.label, mode, failed.reason)
+    return Created(mode, names, jobs)
+
+
+def placement(cluster: Cluster, names: list[str]) -> dict[str, int]:
+    """How many of ``names`` each node of the cluster holds as primary (every node listed)."""
+    wanted = set(names)
+    found = Counter(i["pnode"] for i in cluster.rapi.instances() if i["name"] in wanted)
+    return {node: found.get(node, 0) for node in cluster.plan.nodes}
+
+
+# Labels ----------------------------------------------------------------------------------------
+
+NO_LABELS = "no labels"
+LOCATION = "location tags (htools:nlocation)"       # affects hail's score only
+EXCLUSION = "exclusion tags (htools:iextags)"       # one instance per tag value and node
+DRAINED = "a drained node"
+OFFLINE = "an offline node"
+NOT_VM_CAPABLE = "a node with vm_capable=no"
+LABEL_CASES = (NO_LABELS, LOCATION, EXCLUSION, DRAINED, OFFLINE, NOT_VM_CAPABLE)
+# The tag prefixes the cases use; instance tags of the exclusion case: "service:<x>".
+LOCATION_PREFIX, EXCLUSION_PREFIX = "rack", "service"
+
+
+@dataclass
+class Labelling:
+    case: str
+    node: str | None = None             # the node the case sets apart, if any
+    instance_tags: tuple[str, ...] = ()  # tags each new instance gets
+
+
+@contextmanager
+def labelled(cluster: Cluster, case: str, node: str | None = None) -> Iterator[Labelling]:
+    """Apply one labelling case to ``cluster`` for the enclosed block, then take it off.
+    ``node`` (default: the last node) is the one a node-level case sets apart; the location
+    case gives the first half of the nodes the tag ``rack:a``, the rest ``rack:b``."""
+    if case not in LABEL_CASES:
+        raise LabError(f"no labelling case {case!r}", f"choose one of: {', '.join(LABEL_CASES)}")
+    rapi, nodes = cluster.rapi, cluster.plan.nodes
+    node = node or nodes[-1]
+    undo: list[tuple[str, str | None, list[str]]] = []
+    labelling = Labelling(case)
+    role_before = rapi.node_role(node)
+    try:
+        if case == LOCATION:
+            tag = f"htools:nlocation:{LOCATION_PREFIX}"
+            rapi.add_tags("cluster", None, [tag]).wait()
+            undo.append(("cluster", None, [tag]))
+            half = len(nodes) // 2
+            for i, n in enumerate(nodes):
+                node_tag = f"{LOCATION_PREFIX}:{'a' if i < half else 'b'}"
+                rapi.add_tags("node", n, [node_tag]).wait()
+                undo.append(("node", n, [node_tag]))
+        elif case == EXCLUSION:
+            tag = f"htools:iextags:{EXCLUSION_PREFIX}"
+            rapi.add_tags("cluster", None, [tag]).wait()
+            undo.append(("cluster", None, [tag]))
+            labelling.instance_tags = (f"{EXCLUSION_PREFIX}:web",)
+        elif case in (DRAINED, OFFLINE):
+            labelling.node = node
+            role = "drained" if case == DRAINED else "offline"
+            rapi.set_node_role(node, role, force=True).wait(timeout=900)
+        elif case == NOT_VM_CAPABLE:
+            labelling.node = node
+            cluster.gnt(f"gnt-node modify --vm-capable=no {node}")
+        log.info("%s: labelled: %s%s", cluster.name, case, f" ({node})" if labelling.node else "")
+        yield labelling
+    finally:
+        for kind, name, tags in reversed(undo):
+            rapi.delete_tags(kind, name, tags).wait()
+        if case in (DRAINED, OFFLINE):
+            rapi.set_node_role(node, role_before, force=True).wait(timeout=900)
+        elif case == NOT_VM_CAPABLE:
+            cluster.gnt(f"gnt-node modify --vm-capable=yes {node}")
+
+
+__all__ = ["LABEL_CASES", "MODES", "Created", "Labelling", "create", "labelled", "placement"]
