@@ -94,3 +94,42 @@ def test_the_formation_verify_is_kept_with_the_cluster_and_read_back(tmp_path) -
     (tmp_path / "clusters" / "c1" / "formation-verify.json").write_text("{half")
     with pytest.raises(LabError, match="form the layout again"):
         cluster.formation_verify()
+
+
+class Node:
+    """A node whose ssconf copy catches up with the master's after ``behind`` checks."""
+
+    def __init__(self, name: str, behind: int) -> None:
+        self.name, self.behind, self.checks = name, behind, 0
+
+    def run(self, command: str, timeout: float = 300.0, input: str | None = None,
+            announce: bool = True) -> Result:
+        if command.startswith("cd /var/lib/ganeti && md5sum ssconf_*"):
+            return Result(self.name, command, 0, "abc  ssconf_node_list\n", "", 0.1)
+        assert "md5sum --quiet -c -" in command and input == "abc  ssconf_node_list\n"
+        self.checks += 1
+        return Result(self.name, command, 0 if self.checks > self.behind else 1, "", "", 0.1)
+
+
+def test_formation_waits_until_every_node_has_the_masters_ssconf() -> None:
+    nodes = {n.name: n for n in (Node("node1", 0), Node("node2", 2), Node("node3", 0))}
+    plan = SimpleNamespace(name="c1", fqdn="c1.lab", master="node1.lab",
+                           nodes=["node1.lab", "node2.lab", "node3.lab"])
+    lab = SimpleNamespace(machine=lambda name: nodes[name],
+                          on_all=lambda fn, ms: {m.name: fn(m) for m in ms})
+    cluster = Cluster(lab, plan)  # type: ignore[arg-type]
+    cluster.wait_ssconf_current(list(nodes.values()), timeout=30)  # type: ignore[arg-type]
+    # The master is the reference, never checked against itself; node2 was checked until
+    # its copy matched.
+    assert (nodes["node1"].checks, nodes["node2"].checks, nodes["node3"].checks) == (0, 3, 3)
+
+
+def test_a_node_that_never_catches_up_is_named() -> None:
+    nodes = {n.name: n for n in (Node("node1", 0), Node("node2", 10**6))}
+    plan = SimpleNamespace(name="c1", fqdn="c1.lab", master="node1.lab",
+                           nodes=["node1.lab", "node2.lab"])
+    lab = SimpleNamespace(machine=lambda name: nodes[name],
+                          on_all=lambda fn, ms: {m.name: fn(m) for m in ms})
+    with pytest.raises(LabError, match="nodes still behind: node2"):
+        Cluster(lab, plan).wait_ssconf_current(  # type: ignore[arg-type]
+            list(nodes.values()), timeout=1)  # type: ignore[arg-type]
