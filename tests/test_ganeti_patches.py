@@ -33,11 +33,14 @@ def test_the_example_patch_names_its_file_and_the_bug_it_fixes() -> None:
     line = patch.describe()
     assert line.startswith(f"ganeti-1275-renew-crypto.diff (sha256 {patch.short}) on Ganeti 3.0")
     assert "RunWhileClusterStopped" not in line  # the record never carries the patch's text
+    # Only `gnt-cluster`'s own code: no running daemon needs a restart to run the fix.
+    assert not patch.daemons_run_it
 
 
 def test_a_patch_applies_exactly_where_it_says() -> None:
     patch = GanetiPatch.parse(PATCH, "3.0", "louder.diff")
     assert patch.files == ("ganeti/utils/x.py",)
+    assert patch.daemons_run_it
     assert patch.fixes == ("ganeti/ganeti#9999",)
     out = patch.patched({"ganeti/utils/x.py": ORIGINAL})
     assert out["ganeti/utils/x.py"] == ORIGINAL.replace("line 5\n", "LINE 5\n")

@@ -73,6 +73,12 @@ class GanetiPatch:
     def fixes_issue(self, issue: str) -> bool:
         return issue in self.fixes
 
+    @property
+    def daemons_run_it(self) -> bool:
+        """Whether a running daemon may have loaded a file it changes: every file but the
+        command-line clients' (``ganeti/client/``, which each `gnt-*` process loads anew)."""
+        return any(not f.startswith("ganeti/client/") for f in self.files)
+
     @classmethod
     def load(cls, path: Path | str, series: str) -> GanetiPatch:
         path = Path(path)
@@ -169,7 +175,10 @@ def install(patch: GanetiPatch, m: Machine, patched: dict[str, str],
         m.succeed(f"python3 -m py_compile {shlex.quote(target)}")
     m.succeed(f"mkdir -p {shlex.quote(str(Path(PATCH_MARKER).parent))}")
     m.write_file(PATCH_MARKER, f"{patch.series} {patch.sha256} {patch.file}\n", 0o644)
-    if restart:
+    if restart and not patch.daemons_run_it:
+        log.info("%s: no daemon restarted: %s changes only command-line client code", m.name,
+                 Path(patch.file).name)
+    elif restart:
         # Through Ganeti's daemon-util, which knows how this node runs them (Debian's 3.x
         # packages ship an init script, not systemd units); only those that run are restarted.
         m.succeed("; ".join(
