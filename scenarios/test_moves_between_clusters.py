@@ -199,6 +199,9 @@ def test_a_move_from_302_keeps_the_data(lab_reset: object, rack1: Cluster, rack2
                 True, True, "all zeros"), state.describe()
             assert (state.source_present, state.source_running) == (True, False), \
                 state.describe()
+            # The sender failed, the destination knew it, and still called it a success.
+            assert "Disk 0 failed to send data" in exc.output
+            assert "were not imported successfully" in exc.output
             assert "Import successful" in exc.output
             with timings.phase("recover the source"):
                 moves.recover(route, state, before)

@@ -131,3 +131,24 @@ def test_the_30_tool_gets_its_workaround_and_the_31_tool_does_not() -> None:
     assert "--opportunistic-tries" not in bare and "--dest-primary-node" not in bare
     # Passwords only ever as files the tool reads.
     assert "--src-password-file=/root/ganeti-lab-move/rack1.lab.password" in old
+
+
+def test_a_moves_own_error_logged_with_its_traceback_is_not_a_crash() -> None:
+    handled = ("2026-11-26 23:48:19,686: Move1 ERROR Caught unhandled exception\n"
+               "Traceback (most recent call last):\n  File \"x\", line 1, in RunTask\n"
+               "ganeti.errors.OpPrereqError: ('Instance not found', 'wrong_input')\n"
+               "2026-11-26 23:48:19,765: MainThread INFO Instance move results:\n"
+               "2026-11-26 23:48:19,765: MainThread INFO x.lab: Failed (Source error: ...)\n")
+    assert tool_run(handled, status=1).crash() is None
+    died = CRASH.replace("TypeError: '>' not supported between instances of 'NoneType' and "
+                         "'int'", "ganeti.rapi.client.GanetiApiError: 401 Unauthorized")
+    assert tool_run(died, status=1).crash() == (
+        "ganeti.rapi.client.GanetiApiError: 401 Unauthorized")
+
+
+def test_a_failure_is_named_in_the_tools_own_words() -> None:
+    run = tool_run("2026-11-26 23:59:31,957: MainThread INFO inst1.lab: Failed (Source error: "
+                   "Export failed, errors in disk export: disk(s) 0, destination error: None)\n",
+                   status=1)
+    assert moves._last_error(run) == ("inst1.lab: Failed (Source error: Export failed, errors "
+                                      "in disk export: disk(s) 0, destination error: None)")

@@ -299,12 +299,14 @@ class ToolRun:
         return self.result.stdout + self.result.stderr
 
     def crash(self) -> str | None:
-        """The exception line of a Python traceback in the tool's output, if it crashed."""
+        """The exception that ended the tool, if one did: a traceback it never got past to
+        its "Instance move results" (a move's own errors are logged with tracebacks too)."""
         lines = self.output.splitlines()
-        if not any(line.startswith("Traceback") for line in lines):
+        if "Instance move results:" in self.output or not any(
+                line.startswith("Traceback") for line in lines):
             return None
-        return next((ln for ln in reversed(lines) if re.match(r"^\w+(Error|Exception)\b", ln)),
-                    lines[-1])
+        return next((ln for ln in reversed(lines)
+                     if re.match(r"^[\w.]+(Error|Exception)\b", ln)), lines[-1])
 
     def stamp(self, pattern: str, last: bool = False) -> float | None:
         """When the tool logged a line matching ``pattern`` (epoch seconds)."""
@@ -430,8 +432,11 @@ def _beside(action: Callable[[], None] | None) -> Iterator[None]:
 
 
 def _last_error(run: ToolRun) -> str:
+    """The tool's own last word on the failure, without its log prefix."""
     lines = [ln for ln in run.output.splitlines() if "error" in ln.lower() or "Failed" in ln]
-    return (lines[-1] if lines else f"exit {run.result.exit_status}").strip()
+    if not lines:
+        return f"exit {run.result.exit_status}"
+    return re.sub(r"^\d{4}-\d\d-\d\d \S+: \S+ [A-Z]+ ", "", lines[-1]).strip()
 
 
 def _figures(route: Route, instance: str, before: InstancePicture, run: ToolRun
