@@ -27,6 +27,7 @@ import vagrant
 from lab import accel, hostkeys, paths, virt
 from lab.errors import HarnessError, LabError, raise_failures
 from lab.images import ImageStore
+from lab.images.local_debs import LocalDebs, record_in_lab
 from lab.images.recipe import recipes
 from lab.images.store import Image, ensure_registered
 from lab.keys import ensure_keypair
@@ -64,9 +65,11 @@ class Lab:
 
     @classmethod
     def prepare(
-        cls, topology: Topology, name: str | None = None, store: ImageStore | None = None
+        cls, topology: Topology, name: str | None = None, store: ImageStore | None = None,
+        local_debs: LocalDebs | None = None,
     ) -> Lab:
         """Lease subnets, make the lab's keys and write its plan. Creates no lab domain.
+        ``local_debs``: the hypervisors boot the image layered with them (--ganeti-debs).
 
         An error, Ctrl-C or SIGTERM on the way removes what this call made (the lease, the
         state directory); a lab that already existed under that name is left as it was.
@@ -74,7 +77,7 @@ class Lab:
         name = validate_lab_name(name or topology.name)
         store = store or ImageStore()
         roles = {m.role for m in topology.machines}
-        all_recipes = recipes()
+        all_recipes = recipes(local_debs=local_debs)
         images = {role: store.get(role, all_recipes[role].key()) for role in roles}
         book = LeaseBook()
         if book.claim_stale(name):
@@ -87,7 +90,9 @@ class Lab:
             log.info("lab %s: leased %s; preparing keys, accelerator, plan and boot files",
                      name, ", ".join(lease.subnets.values()))
             try:
-                return cls._write_plan(topology, name, lease.subnets, images)
+                lab = cls._write_plan(topology, name, lease.subnets, images)
+                record_in_lab(lab.dir, local_debs)
+                return lab
             except BaseException:
                 if not existed:
                     log.error("lab %s: prepare failed; removing what it made", name)

@@ -30,6 +30,7 @@ from lab.ganeti.health import ensure_healthy
 from lab.ganeti.patches import GanetiPatch
 from lab.hostcheck import virtualization_problem
 from lab.images import ImageStore, current_images
+from lab.images.local_debs import LocalDebs
 from lab.lab import Lab
 from lab.names import name_problem
 from lab.session import KEEP_POLICIES, LabSession
@@ -94,6 +95,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      "every cluster of --ganeti-patch-series before it forms")
     g.addoption("--ganeti-patch-series", default="3.0", metavar="SERIES",
                 help="the Ganeti series the patch is for (default 3.0)")
+    g.addoption("--ganeti-debs", default=None, metavar="DIR",
+                help="locally built Ganeti packages (.deb) layered into the hypervisor image "
+                     "(an image key of its own)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -125,13 +129,21 @@ def pytest_configure(config: pytest.Config) -> None:
                                      config.getoption("--ganeti-patch-series"))
         except LabError as exc:
             raise pytest.UsageError(f"--ganeti-patch: {exc}") from None
+    debs = None
+    if config.getoption("--ganeti-debs"):
+        try:
+            debs = LocalDebs.load(config.getoption("--ganeti-debs"))
+        except LabError as exc:
+            raise pytest.UsageError(str(exc)) from None
     meta: dict[str, Any] = {"profile": config.getoption("--lab-profile"), "worker": worker}
     if patch is not None:
         meta["ganeti_patch"] = patch.describe()
+    if debs is not None:
+        meta["ganeti_debs"] = debs.describe()
     timings = Timings(run_dir, run_id, host=host_facts(), meta=meta)
     config.stash[_state_key] = {"timings": timings, "run_dir": run_dir, "worker": worker,
                                 "session": None, "lab_failed": False, "problem": None,
-                                "ganeti_patch": patch}
+                                "ganeti_patch": patch, "ganeti_debs": debs}
     if not config.option.xmlpath and not worker:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.option.xmlpath = str(run_dir / "junit.xml")
@@ -282,7 +294,8 @@ def lab_host(request: pytest.FixtureRequest) -> ImageStore:
         if config.getoption("--lab-required"):
             pytest.fail(f"no virtualization (--lab-required): {problem}", pytrace=False)
         pytest.skip(f"no virtualization: {problem}")
-    return current_images(timings=_state(config)["timings"])
+    state = _state(config)
+    return current_images(timings=state["timings"], local_debs=state["ganeti_debs"])
 
 
 @pytest.fixture(scope="session")
@@ -296,7 +309,7 @@ def lab(request: pytest.FixtureRequest, lab_host: ImageStore) -> Iterator[Lab]:
     session = LabSession(config.getoption("--lab-topology"), name,
                          config.getoption("--lab-reuse"), config.getoption("--lab-keep"),
                          state["timings"], force=config.getoption("--lab-force"),
-                         ganeti_patch=state["ganeti_patch"])
+                         ganeti_patch=state["ganeti_patch"], local_debs=state["ganeti_debs"])
     state["session"] = session
     try:
         lab = session.start()

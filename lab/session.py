@@ -13,6 +13,7 @@ from lab.errors import LabError
 from lab.ganeti import patches
 from lab.ganeti.patches import GanetiPatch
 from lab.images import current_images
+from lab.images.local_debs import LocalDebs, check_lab_reuse
 from lab.lab import Lab, check_not_in_use, destroy
 from lab.leases import LeaseBook
 from lab.names import validate_lab_name
@@ -33,6 +34,7 @@ class LabSession:
     timings: Timings | None = None
     force: bool = False  # take over or destroy a lab whose owner process is alive
     ganeti_patch: GanetiPatch | None = None  # applied on its clusters' nodes (lab.ganeti.patches)
+    local_debs: LocalDebs | None = None      # layered into the hypervisor image (--ganeti-debs)
     lab: Lab | None = None
     reused: bool = False
 
@@ -44,6 +46,7 @@ class LabSession:
         if self.reuse and lease is not None:
             check_not_in_use(name, self.force)
             lab = Lab.attach(name)
+            check_lab_reuse(name, lab.dir, self.local_debs)
             states = virt.domain_states(lab.plan)
             if rest.at_rest(lab) and all(s == "shut off" for s in states.values()):
                 LeaseBook().set_owner(name, os.getpid())
@@ -63,7 +66,9 @@ class LabSession:
             log.warning("lab %s already exists; destroying it for a fresh start "
                         "(--lab-reuse would have reused it)", name)
             destroy(name, force=self.force)
-        lab = Lab.prepare(topo, name, current_images(timings=self.timings))
+        lab = Lab.prepare(topo, name,
+                          current_images(timings=self.timings, local_debs=self.local_debs),
+                          local_debs=self.local_debs)
         register_lab_secrets(lab.dir)
         self.lab = lab
         patches.adopt(lab, self.ganeti_patch)

@@ -1,5 +1,6 @@
 """The image pipeline for real: a cold build from the Debian mirror into an empty cache, a warm
-build that does nothing, and a changed package list that rebuilds only the image it feeds.
+build that does nothing, a changed package list that rebuilds only the image it feeds, and a
+contributor's Ganeti packages layered into a hypervisor image of their own (--ganeti-debs).
 
 Needs root, mmdebstrap and the Debian mirror (through GANETI_LAB_DOWNLOAD_NETNS when the run
 sits in an isolated network namespace, as under scripts/labrun). Without them the test skips;
@@ -17,6 +18,7 @@ import pytest
 from lab.images import ImageStore, build_images, recipes
 from lab.images import builder as builder_module
 from lab.images import recipe as recipe_module
+from lab.images.local_debs import LocalDebs
 from lab.progress import Steps
 
 EXTRA_SERVICE_PACKAGE = "tree"  # small, in bookworm main, not in any recipe
@@ -87,3 +89,30 @@ def test_cold_warm_and_partial_rebuild(builder_host: None, tmp_path: Path,
     assert rebuilt["hypervisor"].key == hypervisor.key
     assert rebuilt["service"].key == keys["service"]
     assert EXTRA_SERVICE_PACKAGE in rebuilt["service"].manifest["packages"]
+
+
+def test_local_ganeti_debs_are_layered_into_a_hypervisor_image_of_their_own(
+        builder_host: None, tmp_path: Path, rebuilt_ganeti_debs: Path) -> None:
+    debs = LocalDebs.load(rebuilt_ganeti_debs)
+    assert sorted(d.package for d in debs.debs) == ["ganeti", "ganeti-3.0"]
+    stock = recipes()
+    layered_key = recipes(local_debs=debs)["hypervisor"].key()
+    assert layered_key != stock["hypervisor"].key()
+    store = ImageStore(tmp_path / "cache")
+    # The base the cold build left in the session's cache: only the hypervisor image is built.
+    if ImageStore().has("base", stock["base"].key()):
+        store.adopt(ImageStore(), "base", stock["base"].key())
+
+    steps = _steps()
+    image = build_images(store, ("hypervisor",), register=False, steps=steps,
+                         local_debs=debs)["hypervisor"]
+    assert image.key == layered_key
+    assert f"hypervisor: layer 2 local packages ({debs.summary()})" in steps.durations
+    for deb in debs.debs:
+        assert deb.version.endswith("+lab1"), deb
+        assert image.manifest["packages"][deb.package] == deb.version
+    assert image.manifest["ganeti_versions"]["ganeti-3.0"].endswith("+lab1")
+    assert image.manifest["local_debs"]["sha256"] == debs.digest
+    # Debian's Ganeti keeps its own image and key: a run without --ganeti-debs never gets this.
+    assert not store.has("hypervisor", stock["hypervisor"].key())
+    assert LocalDebs.load(rebuilt_ganeti_debs).digest == debs.digest

@@ -371,9 +371,9 @@ def test_failing_package_install_unmounts_and_leaves_nothing(
 def test_download_steps_run_in_the_download_namespace(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("GANETI_LAB_DOWNLOAD_NETNS", raising=False)
-    assert builder._downloading(["chroot", "/r", "apt-get"]) == ["chroot", "/r", "apt-get"]
+    assert builder.downloading(["chroot", "/r", "apt-get"]) == ["chroot", "/r", "apt-get"]
     monkeypatch.setenv("GANETI_LAB_DOWNLOAD_NETNS", "glab-hostnet")
-    assert builder._downloading(["chroot", "/r", "apt-get"]) == [
+    assert builder.downloading(["chroot", "/r", "apt-get"]) == [
         "ip", "netns", "exec", "glab-hostnet", "chroot", "/r", "apt-get"]
 
 

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from lab import topology
 from lab.errors import LabError
+from lab.images.local_debs import LocalDebs
 from lab.lab import Lab
 from lab.leases import LeaseBook
 from lab.names import name_problem
@@ -43,6 +44,18 @@ def lab_options(sp: argparse.ArgumentParser, topo: bool = False) -> None:
                     help="lab name (default: the topology's, or the only lab)")
     if topo:
         sp.add_argument("--topology", help="TOML file or built-in profile name")
+        ganeti_debs_option(sp)
+
+
+def ganeti_debs_option(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--ganeti-debs", metavar="DIR",
+                    help="locally built Ganeti packages (.deb) layered into the hypervisor "
+                         "image, which gets a key of its own (built if missing; needs root)")
+
+
+def local_debs(args: argparse.Namespace) -> LocalDebs | None:
+    """The packages of --ganeti-debs, read and checked before anything is changed."""
+    return LocalDebs.load(args.ganeti_debs) if getattr(args, "ganeti_debs", None) else None
 
 
 def load_topology(args: argparse.Namespace) -> topology.Topology:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from lab.cli.common import console
-from lab.images import ImageStore, build_images
+from lab.cli.common import console, ganeti_debs_option, local_debs
+from lab.images import Image, ImageStore, build_images
 from lab.images.recipe import recipes
 from lab.images.store import unregister_box, vagrant_boxes
 
@@ -16,7 +16,7 @@ from lab.images.store import unregister_box, vagrant_boxes
 def cmd_images_build(args: argparse.Namespace) -> int:
     store = ImageStore(args.cache_dir)
     images = build_images(store, tuple(args.role) if args.role else ("hypervisor", "service"),
-                          force=args.force)
+                          force=args.force, local_debs=local_debs(args))
     for role, image in images.items():
         console.print(f"{role}: {image.box_name}  ({image.size_bytes / 2**30:.2f} GiB)")
     return 0
@@ -36,10 +36,20 @@ def cmd_images_list(args: argparse.Namespace) -> int:
             ganeti += f" (serves {len(repo)} ganeti debs)"
         table.add_row(image.role, image.key, f"{image.size_bytes / 2**30:.2f} GiB",
                       image.manifest.get("built_at", "?"), ganeti,
-                      "yes" if current.get(image.role) == image.key else "stale",
+                      "yes" if current.get(image.role) == image.key else
+                      f"layered: {local_summary}" if (local_summary := _layered(image)) else
+                      "stale",
                       "added" if image.role == "base" or image.box_name in boxes else "-")
     console.print(table)
     return 0
+
+
+def _layered(image: Image) -> str:
+    """The local packages an image was layered with (--ganeti-debs), or ""."""
+    layered = image.manifest.get("local_debs")
+    if not layered:
+        return ""
+    return ", ".join(f"{d['package']} {d['version']}" for d in layered["debs"])
 
 
 def cmd_images_prune(args: argparse.Namespace) -> int:
@@ -63,7 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     isub = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
     for name, fn, text in (("build", cmd_images_build, "build what is missing (needs root)"),
                            ("list", cmd_images_list, "show cached images and their keys"),
-                           ("prune", cmd_images_prune, "remove images and boxes not current")):
+                           ("prune", cmd_images_prune,
+                            "remove images and boxes not current (layered ones too)")):
         sp = isub.add_parser(name, help=text)
         sp.add_argument("--cache-dir", type=Path, default=None,
                         help="image cache (default: $GANETI_LAB_CACHE or ~/.cache/ganeti-lab)")
@@ -71,3 +82,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         if name == "build":
             sp.add_argument("--role", action="append", choices=["hypervisor", "service"])
             sp.add_argument("--force", action="store_true", help="rebuild the role images")
+            ganeti_debs_option(sp)

@@ -19,9 +19,12 @@ from lab.cli.common import (
     lab_name,
     lab_options,
     load_topology,
+    local_debs,
     print_status,
 )
 from lab.errors import LabError
+from lab.images import current_images
+from lab.images.local_debs import check_lab_reuse
 from lab.lab import Lab, LabInUse, destroy, destroy_stale
 from lab.leases import LeaseBook
 from lab.progress import Steps
@@ -69,9 +72,17 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace) -> Lab:
+    """A new lab from the arguments; with --ganeti-debs, on the hypervisor image layered with
+    them (built first if the cache lacks it)."""
+    debs = local_debs(args)
     topo = load_topology(args)
-    lab = Lab.prepare(topo, args.name)
+    store = current_images(local_debs=debs) if debs else None
+    return Lab.prepare(topo, args.name, store, local_debs=debs)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    lab = _prepare(args)
     lab.keep()
     # Plain `vagrant up` attaches to the lab's networks; they carry its fixed addresses.
     virt.ensure_networks(lab.plan)
@@ -92,13 +103,13 @@ def cmd_up(args: argparse.Namespace) -> int:
             raise LabError("--at wakes an existing lab; --topology describes a new one",
                            "drop one of them")
         lab = Lab.attach(lab_name(args))
+        check_lab_reuse(lab.name, lab.dir, local_debs(args))
         snap = rest.wake(lab, args.at)
         lab.keep()
         print_status(lab)
         console.print(f"lab {lab.name} is up at snapshot {snap.name}")
         return 0
-    topo = load_topology(args)
-    lab = Lab.prepare(topo, args.name)
+    lab = _prepare(args)
     console.print(f"lab {lab.name}: accelerator {lab.accelerator}")
     bring_up(lab, Steps(f"lab {lab.name}"))
     lab.keep()

@@ -12,7 +12,8 @@ from lab.timings import new_run_id
 
 NIGHTLY_TESTS = ("tests/test_bench.py::test_smoke_smallest_bench_on_a_tiny_lab",
                  "tests/test_plain_vagrant.py",
-                 "tests/test_ganeti_clusters.py::test_two_clusters_from_the_booted_snapshot")
+                 "tests/test_ganeti_clusters.py::test_two_clusters_from_the_booted_snapshot",
+                 "tests/test_ganeti_debs_lab.py")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -35,6 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.ganeti_patch:
         argv += [f"--ganeti-patch={args.ganeti_patch}",
                  f"--ganeti-patch-series={args.ganeti_patch_series}"]
+    if args.ganeti_debs:
+        argv.append(f"--ganeti-debs={args.ganeti_debs}")
     argv += args.pytest_args
     code = int(pytest.main(argv))
     console.print(f"run {run_id}: {Path(args.runs) / run_id}")

@@ -17,6 +17,7 @@ from typing import Any
 
 from lab import shell
 from lab.errors import LabError
+from lab.images.local_debs import LocalDebs, LocalDebsError
 from lab.images.recipe import MIRROR, ROLES, SUITE, Recipe, recipe_dir, recipes
 from lab.images.store import Image, ImageStore, register_box
 from lab.progress import Steps
@@ -31,16 +32,17 @@ APT_ENV = {
 DPKG_OPTS = ["-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold"]
 
 
-def current_images(store: ImageStore | None = None, timings: Timings | None = None
-                   ) -> ImageStore:
-    """The image cache holding the current image of every role, what is missing built first
-    (phase "images"): the one place a run gets its images (the plugin's ``lab_host`` and
-    LabSession). A warm cache does no work and needs no root."""
+def current_images(store: ImageStore | None = None, timings: Timings | None = None,
+                   local_debs: LocalDebs | None = None) -> ImageStore:
+    """The image cache holding the current image of every role (the hypervisor's layered
+    with ``local_debs`` when given), what is missing built first (phase "images"): the one
+    place a run gets its images (the plugin's ``lab_host`` and LabSession). A warm cache does
+    no work and needs no root."""
     store = store or ImageStore()
-    keys = {name: recipe.key() for name, recipe in recipes().items()}
+    keys = {name: recipe.key() for name, recipe in recipes(local_debs=local_debs).items()}
     if any(not store.has(role, keys[role]) for role in ROLES):
         with maybe_phase(timings, "images"):
-            build_images(store, steps=Steps("images", timings))
+            build_images(store, steps=Steps("images", timings), local_debs=local_debs)
     return store
 
 
@@ -51,16 +53,18 @@ def build_images(
     force: bool = False,
     steps: Steps | None = None,
     register: bool = True,
+    local_debs: LocalDebs | None = None,
 ) -> dict[str, Image]:
     """Build what is missing from the cache; return the image of each role.
 
     With a warm cache this does no work. ``force`` rebuilds the roles (not the base).
+    ``local_debs`` are layered into the hypervisor image (a key of its own).
     """
     steps = steps or Steps("images")
     if os.geteuid() != 0:
         raise LabError("building images needs root (mmdebstrap, chroot, mkfs)",
                        "run it as `sudo ganeti-lab images build`")
-    all_recipes = recipes()
+    all_recipes = recipes(local_debs=local_debs)
     unknown = set(roles) - set(ROLES)
     if unknown:
         raise LabError(f"unknown image role(s): {', '.join(sorted(unknown))}",
@@ -113,7 +117,7 @@ def _staging(store: ImageStore, name: str, key: str) -> Iterator[Path]:
         raise
 
 
-def _downloading(command: list[Any]) -> list[Any]:
+def downloading(command: list[Any]) -> list[Any]:
     """A command that reaches the Debian mirror.
 
     A lab may run inside a network namespace with no way out (scripts/labrun does that on hosts
@@ -131,7 +135,7 @@ def _build_base(store: ImageStore, recipe: Recipe, key: str, steps: Steps) -> No
         with steps.step(f"mmdebstrap {SUITE} base ({len(recipe.packages)} packages)"):
             files = " ".join(f'"{src / f}"' for f in (recipe.setup_script, *recipe.files))
             shell.run(
-                _downloading([
+                downloading([
                     "mmdebstrap", "--mode=root", "--variant=minbase",
                     f"--include={','.join(recipe.packages)}",
                     "--customize-hook=mkdir -p \"$1/tmp/lab-recipe\"",
@@ -159,7 +163,7 @@ def _chroot_mounts(root: Path) -> Iterator[None]:
 
 def _chroot(root: Path, *command: str, where: str, timeout: float = 1800) -> str:
     # Every chroot step may fetch packages (apt-get, the service recipe's repo download).
-    return shell.run(_downloading(["chroot", root, *command]), where=where, env=APT_ENV,
+    return shell.run(downloading(["chroot", root, *command]), where=where, env=APT_ENV,
                      timeout=timeout).stdout
 
 
@@ -183,6 +187,8 @@ def _build_role(
                 _chroot(root, "apt-get", "update", "-qq", where=where)
                 _chroot(root, "apt-get", "install", "-y", "-q", *DPKG_OPTS, *recipe.packages,
                         where=where)
+                if recipe.local_debs:
+                    _layer_local_debs(root, recipe.local_debs, steps, where)
             with steps.step(f"{recipe.name}: configure ({recipe.setup_script})"):
                 dest = root / "tmp" / "lab-recipe"
                 dest.mkdir(parents=True, exist_ok=True)
@@ -210,8 +216,31 @@ def _build_role(
             "kernel_cmdline": "root=/dev/vda rw console=ttyS0 net.ifnames=0",
             "packages": versions,
             "repo": served,
+            **({"local_debs": recipe.local_debs.describe()} if recipe.local_debs else {}),
         }
         store.publish(staging, recipe.name, key, _manifest(recipe, key, started, extra))
+
+
+def _layer_local_debs(root: Path, debs: LocalDebs, steps: Steps, where: str) -> None:
+    """Install a contributor's packages over the image's own (their dependencies from the
+    mirror), then prove each is installed at exactly the version of its file."""
+    with steps.step(f"hypervisor: layer {len(debs.debs)} local packages ({debs.summary()})"):
+        inside = Path("/tmp/lab-debs")
+        names = debs.copy_into(root / inside.relative_to("/"))
+        _chroot(root, "apt-get", "install", "-y", "-q", "--allow-downgrades", *DPKG_OPTS,
+                *(str(inside / n) for n in names), where=where)
+        shutil.rmtree(root / inside.relative_to("/"))
+        installed = _package_versions(root)
+        wrong = {d.package: installed.get(d.package, "not installed") for d in debs.debs
+                 if installed.get(d.package) != d.version}
+        if wrong:
+            raise LocalDebsError(
+                f"--ganeti-debs {debs.directory}: after the install the image has "
+                + ", ".join(f"{p} {v}" for p, v in sorted(wrong.items()))
+                + " instead of the directory's "
+                + ", ".join(f"{d.package} {d.version}" for d in debs.debs if d.package in wrong),
+                "check that the packages install together on Debian " + SUITE
+                + " (dpkg -i them in a bookworm chroot shows why)")
 
 
 @contextlib.contextmanager

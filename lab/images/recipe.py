@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from lab.images.local_debs import LocalDebs
+
 # Bump when the build pipeline itself changes in a way that changes its output.
 PIPELINE_VERSION = 1
 SUITE = "bookworm"
@@ -44,6 +46,7 @@ class Recipe:
     files: tuple[str, ...] = ()
     parent: Recipe | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    local_debs: LocalDebs | None = None   # installed after ``packages`` (--ganeti-debs)
 
     def inputs(self, root: Path) -> dict[str, object]:
         """Everything the key covers, in a stable, JSON-serialisable form."""
@@ -57,6 +60,8 @@ class Recipe:
             "files": {n: hashlib.sha256((root / n).read_bytes()).hexdigest() for n in names},
             "extra": self.extra,
             "parent": self.parent.key(root) if self.parent else None,
+            # Only when present, so the stock images keep their keys.
+            **({"local_debs": self.local_debs.key_input()} if self.local_debs else {}),
         }
 
     def key(self, root: Path | None = None) -> str:
@@ -65,8 +70,10 @@ class Recipe:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def recipes(root: Path | None = None) -> dict[str, Recipe]:
-    """The base recipe and one per role, read from the recipe directory."""
+def recipes(root: Path | None = None, local_debs: LocalDebs | None = None
+            ) -> dict[str, Recipe]:
+    """The base recipe and one per role, read from the recipe directory; ``local_debs`` (a
+    contributor's Ganeti packages) are layered into the hypervisor image."""
     root = root or recipe_dir()
     base = Recipe(
         name="base",
@@ -80,6 +87,7 @@ def recipes(root: Path | None = None) -> dict[str, Recipe]:
         setup_script="hypervisor-setup.sh",
         files=("lab-os",),
         parent=base,
+        local_debs=local_debs,
     )
     service = Recipe(
         name="service",
