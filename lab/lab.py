@@ -350,8 +350,11 @@ class Lab:
 
 
 def stall_seconds() -> float:
-    """How long a bring-up may show no progress before it fails (GANETI_LAB_STALL_SECONDS)."""
-    return float(os.environ.get("GANETI_LAB_STALL_SECONDS", "300"))
+    """How long a bring-up may show no progress before it fails (GANETI_LAB_STALL_SECONDS).
+    Under emulation a machine's first boot sends nothing to Vagrant between its domain start
+    and its DHCP lease: 150-250 s with five machines booting on two cores, longer while
+    another lab boots beside it (CI runs tests with labs of their own in parallel)."""
+    return float(os.environ.get("GANETI_LAB_STALL_SECONDS", "600"))
 
 
 FAILURE_LOGS_KEPT = 20

@@ -42,6 +42,9 @@ log = logging.getLogger("lab.pytest")
 LOGGERS = ("lab.timings", "lab.session", "lab.machines", "lab.ganeti", "lab.pytest",
            "lab.snapshots", "lab.artifacts", "lab.remote", "lab.waiting")
 LAB_FIXTURES = {"lab", "cluster", "clusters", "lab_reset", "lab_host", "instances"}
+# Under `pytest -n N --dist loadgroup` every test of the session's lab runs on one worker, in
+# order; the others (unit tests, tests with a lab of their own) run beside it on the rest.
+SESSION_LAB_GROUP = "session-lab"
 ARTIFACT_POLICIES = ("on-failure", "always", "never")
 T = TypeVar("T")
 
@@ -225,10 +228,15 @@ def _topology_layouts(config: pytest.Config) -> tuple[str, set[str]] | None:
     return topo.source, set(topo.layouts)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (xdist/remote.py)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Deselect lab tests whose layout the topology lacks (the summary says why), and group
     the others by layout, so each layout switch (a snapshot restore) happens once. Tests that
-    re-image machines come last: after a re-image the lab's snapshots cannot be restored."""
+    re-image machines come last: after a re-image the lab's snapshots cannot be restored.
+
+    Under pytest-xdist's ``--dist loadgroup`` the tests of the session's lab form one group
+    (one worker, one lab, this order): a second worker would boot a second lab of the same
+    topology, which on a small host costs more than it saves."""
     def is_lab_test(item: pytest.Item) -> bool:
         return bool(LAB_FIXTURES & set(getattr(item, "fixturenames", ())))
 
@@ -251,6 +259,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return (2 if _reimages(item) else 1, _marked_layout(item) or "")
 
     items.sort(key=key)
+    if getattr(config.option, "loadgroup", False):  # set in xdist's workers
+        for item in items:
+            if "lab" in getattr(item, "fixturenames", ()):
+                item.add_marker(pytest.mark.xdist_group(SESSION_LAB_GROUP))
     if not config.getoption("--lab-nightly"):
         for item in items:
             marker = item.get_closest_marker("nightly")
@@ -341,8 +353,14 @@ def _layout_ready(request: pytest.FixtureRequest, lab: Lab) -> dict[str, Cluster
     failed: dict[str, str] = state.setdefault("failed_layouts", {})
     if layout in failed:
         pytest.skip(f"layout {layout} failed to form earlier in this run: {failed[layout]}")
+    def before_restore() -> None:
+        # A failed formation is undone by restoring the "booted" snapshot, which also takes
+        # the nodes' logs back: what explains the failure is collected first.
+        if request.config.getoption("--lab-artifacts-policy") != "never":
+            _collect_artifacts(request, lab, layout, "-formation")
+
     try:
-        return ensure_layout(lab, layout, state["timings"])
+        return ensure_layout(lab, layout, state["timings"], before_restore=before_restore)
     except Exception as exc:
         failed[layout] = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise
@@ -403,7 +421,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
         yield  # plain unit tests are not lab phases
         return
     timings: Timings = _state(item.config)["timings"]
-    cm = timings.phase(f"test {item.nodeid}")
+    cm = timings.phase(f"test {_test_id(item)}")
     phase = cm.__enter__()
     outcome = yield
     _record_versions(item, phase)
@@ -414,6 +432,11 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     elif excinfo and (xfail := _covering_xfail(item, excinfo[1])) is not None:
         phase.expect_failure(xfail.kwargs.get("reason"))
     cm.__exit__(*(excinfo if excinfo else (None, None, None)))
+
+
+def _test_id(item: pytest.Item) -> str:
+    """The test's node id as a person reads it: without xdist's ``@group`` suffix."""
+    return item.nodeid.removesuffix(f"@{SESSION_LAB_GROUP}")
 
 
 def _record_versions(item: pytest.Item, phase: Phase) -> None:
@@ -450,7 +473,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             and isinstance(call.excinfo.value, HarnessError)):
         rep.lab_harness_error = True  # type: ignore[attr-defined]  # travels with xdist
     if rep.when == "call":
-        prefix = f"test {item.nodeid}"
+        prefix = f"test {_test_id(item)}"
         for phase in _state(item.config)["timings"].phases:
             if phase["name"] == prefix or phase.get("parent") == prefix:
                 item.user_properties.append((f"seconds:{phase['name']}",
@@ -478,16 +501,24 @@ def _lab_artifacts(request: pytest.FixtureRequest) -> Iterator[None]:
     session: LabSession | None = state["session"]
     if session is None or session.lab is None:
         return
+    layout = current_layout(session.lab)
+    _collect_artifacts(request, session.lab, layout, "")
+
+
+def _collect_artifacts(request: pytest.FixtureRequest, lab: Lab, layout: str | None,
+                       suffix: str) -> None:
+    """The lab's artifacts for the requesting test, in <artifacts>/<test id><suffix>; the
+    masters of ``layout`` also give their cluster's view."""
     from lab.artifacts import collect
 
+    state = _state(request.config)
     base = request.config.getoption("--lab-artifacts")
     root = Path(base) if base else state["run_dir"] / "artifacts"
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", node.nodeid)
-    layout = current_layout(session.lab)
-    masters = ([c.master.split(".")[0] for c in session.lab.plan.layouts[layout]]
-               if layout else [])
-    with state["timings"].phase(f"collect artifacts {node.nodeid}"):
-        collect(session.lab, root / safe, masters)
+    test = _test_id(request.node)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", test) + suffix
+    masters = [c.master.split(".")[0] for c in lab.plan.layouts[layout]] if layout else []
+    with state["timings"].phase(f"collect artifacts {test}{suffix}"):
+        collect(lab, root / safe, masters)
 
 
 # Secrets ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ with the pool do); and RAPI letting in only whom it should.
 
 from __future__ import annotations
 
+import re
 import secrets
 
 import pytest
@@ -27,13 +28,18 @@ MISSING_USER = 2002               # added to the pool later, without a user on t
 # Under emulation each kvm instance takes about 100 s to create and 60 s to start: this test
 # took 914 s with four instances (three now), more than CI has room for.
 POOL_IN_CI = "about 15 minutes under emulation, more than CI has room for (README)"
+DAEMON_TABLE = "Ganeti daemons"
+POOL_TABLE = "KVM user pool"
 
 
 def test_daemons_run_as_their_own_users(cluster: Cluster, timings: Timings) -> None:
-    with timings.phase("list Ganeti's daemons on every node") as phase:
+    with timings.phase("list Ganeti's daemons on every node"):
         found = privsep.daemons(cluster)
-        for p in found:
-            phase.metric(f"{p.node} {p.daemon}", f"{p.user} (uid {p.uid}, gid {p.gid})")
+        # The report's "Ganeti daemons" table: a row per node, a column per daemon.
+        for node in sorted({p.node for p in found}):
+            with timings.phase(f"daemons on {node}", table=DAEMON_TABLE, node=node) as row:
+                for p in sorted((p for p in found if p.node == node), key=lambda p: p.daemon):
+                    row.metric(p.daemon, f"{p.user} (uid {p.uid}, gid {p.gid})")
     problems = privsep.daemon_problems(cluster, found)
     assert not problems, "\n".join(problems)
     as_root = {p.daemon for p in found if p.uid == 0}
@@ -101,14 +107,12 @@ def test_kvm_instances_run_under_pool_uids(lab_reset: object, cluster: Cluster,
                     "-H kvm:security_model=pool")
     with timings.phase(f"create three kvm instances on {node.name}") as phase:
         jobs = JobSet(cluster.rapi, timeout=JOB_TIMEOUT)
-        names = [instances.submit(jobs, "plain", hypervisor="kvm", os="noop",
+        # Diskless: the pool is about qemu's process, and a disk only adds creation time.
+        names = [instances.submit(jobs, "diskless", hypervisor="kvm", os="noop",
                                   no_install=True, pnode=fqdn) for _ in range(3)]
         jobs.wait()
         jobs.record(phase)
         jobs.raise_for_failures()
-
-    def start(name: str) -> None:
-        cluster.rapi.startup_instance(name).wait(timeout=JOB_TIMEOUT)
 
     def uids() -> dict[str, int]:
         found = {}
@@ -117,13 +121,26 @@ def test_kvm_instances_run_under_pool_uids(lab_reset: object, cluster: Cluster,
             found[q.instance] = q.uids[0]
         return found
 
+    def start(name: str, step: str) -> JobFailed | None:
+        """Start ``name``: a row of the report's pool table with the uid its qemu runs under,
+        or Ganeti's refusal (returned, for the test to judge)."""
+        short = name.split(".")[0]
+        with timings.phase(f"start {short}: {step}", table=POOL_TABLE, instance=short,
+                           node=node.name, step=step) as row:
+            try:
+                cluster.rapi.startup_instance(name).wait(timeout=JOB_TIMEOUT)
+            except JobFailed as exc:
+                row.metric("uid", "refused")
+                row.metric("Ganeti", str(exc).splitlines()[-1][-160:])
+                return exc
+            row.metric("uid", uids().get(name, "not running"))
+        return None
+
     first, second, third = names
-    with timings.phase("start two instances") as phase:
-        for name in (first, second):
-            start(name)
+    with timings.phase("start two instances"):
+        assert start(first, "pool of two") is None
+        assert start(second, "pool of two") is None
         running = uids()
-        for name, uid in sorted(running.items()):
-            phase.metric(f"uid of {name.split('.')[0]}", uid)
     assert set(running) == {first, second}, running
     assert set(running.values()) == set(POOL), f"each qemu under its own pool uid: {running}"
 
@@ -131,12 +148,13 @@ def test_kvm_instances_run_under_pool_uids(lab_reset: object, cluster: Cluster,
         freed = running[second]
         cluster.rapi.shutdown_instance(second, timeout=0).wait(timeout=JOB_TIMEOUT)
         assert second not in uids()
-        start(third)
+        assert start(third, f"after {second.split('.')[0]} stopped") is None
         assert uids()[third] == freed, uids()
 
     with timings.phase("start one more than the pool holds"):
-        with pytest.raises(JobFailed, match="Failed to find an unused user-id"):
-            start(second)
+        refused = start(second, "one more than the pool holds")
+        assert refused is not None and "Failed to find an unused user-id" in str(refused), \
+            refused
         # Nothing else broke: the others run on, under the uids they had.
         assert uids() == {first: running[first], third: freed}
 
@@ -149,6 +167,7 @@ def test_kvm_instances_run_under_pool_uids(lab_reset: object, cluster: Cluster,
         # The node reads the pool from its ssconf copy, which the master updates a moment
         # later: a start before that still sees the old, full pool.
         cluster.wait_ssconf_current([node])
-        with pytest.raises(JobFailed, match=r"getpwuid\(\): uid not found"):
-            start(second)
+        refused = start(second, f"uid {MISSING_USER} has no user on {node.name}")
+        assert refused is not None and re.search(r"getpwuid\(\): uid not found",
+                                                 str(refused)), refused
         assert set(uids()) == {first, third}

@@ -96,40 +96,101 @@ def test_the_formation_verify_is_kept_with_the_cluster_and_read_back(tmp_path) -
         cluster.formation_verify()
 
 
-class Node:
-    """A node whose ssconf copy catches up with the master's after ``behind`` checks."""
+NAMES = ["node1.lab", "node2.lab", "node3.lab"]
+SUMS = "abc  ssconf_node_list\ndef  config.data\n"
 
-    def __init__(self, name: str, behind: int) -> None:
-        self.name, self.behind, self.checks = name, behind, 0
+
+class Node:
+    """A node whose copy of the cluster's files catches up with the master's after
+    ``behind`` checks; as the master, its own ssconf lists every node after ``stale`` reads."""
+
+    def __init__(self, name: str, behind: int, stale: int = 0, candidate: bool = True) -> None:
+        self.name, self.behind, self.stale, self.candidate = name, behind, stale, candidate
+        self.checks, self.reads, self.inputs = 0, 0, []
+
+    def succeed(self, command: str, timeout: float = 300.0) -> str:
+        assert command.startswith("gnt-node list --no-headers")
+        return "".join(f"{n}|N|{'Y' if n != 'node3.lab' or self.candidate else 'N'}\n"
+                       for n in NAMES)
 
     def run(self, command: str, timeout: float = 300.0, input: str | None = None,
             announce: bool = True) -> Result:
-        if command.startswith("cd /var/lib/ganeti && md5sum ssconf_*"):
-            return Result(self.name, command, 0, "abc  ssconf_node_list\n", "", 0.1)
-        assert "md5sum --quiet -c -" in command and input == "abc  ssconf_node_list\n"
+        if "cat ssconf_node_list" in command:
+            self.reads += 1
+            listed = NAMES if self.reads > self.stale else NAMES[:-1]
+            return Result(self.name, command, 0, "\n".join(listed + listed) + "\n", "", 0.1)
+        if command.endswith("md5sum ssconf_* config.data"):
+            return Result(self.name, command, 0, SUMS, "", 0.1)
+        assert "md5sum --quiet -c -" in command
+        self.inputs.append(input)
         self.checks += 1
         return Result(self.name, command, 0 if self.checks > self.behind else 1, "", "", 0.1)
 
 
-def test_formation_waits_until_every_node_has_the_masters_ssconf() -> None:
-    nodes = {n.name: n for n in (Node("node1", 0), Node("node2", 2), Node("node3", 0))}
+def _cluster(nodes: dict[str, Node]) -> Cluster:
     plan = SimpleNamespace(name="c1", fqdn="c1.lab", master="node1.lab",
-                           nodes=["node1.lab", "node2.lab", "node3.lab"])
+                           nodes=[f"{n}.lab" for n in nodes])
     lab = SimpleNamespace(machine=lambda name: nodes[name],
                           on_all=lambda fn, ms: {m.name: fn(m) for m in ms})
-    cluster = Cluster(lab, plan)  # type: ignore[arg-type]
-    cluster.wait_ssconf_current(list(nodes.values()), timeout=30)  # type: ignore[arg-type]
+    return Cluster(lab, plan)  # type: ignore[arg-type]
+
+
+def test_formation_waits_until_every_node_has_the_masters_files() -> None:
+    nodes = {n.name: n for n in (Node("node1", 0), Node("node2", 2),
+                                 Node("node3", 0, candidate=False))}
+    nodes["node1"].candidate = False  # the master answers gnt-node list: node3 is no candidate
+    _cluster(nodes).wait_ssconf_current(list(nodes.values()), timeout=30)  # type: ignore[arg-type]
     # The master is the reference, never checked against itself; node2 was checked until
-    # its copy matched.
+    # its copy matched. A candidate compares config.data too, node3 (no candidate) only ssconf.
     assert (nodes["node1"].checks, nodes["node2"].checks, nodes["node3"].checks) == (0, 3, 3)
+    assert nodes["node2"].inputs[-1] == SUMS
+    assert nodes["node3"].inputs[-1] == "abc  ssconf_node_list\n"
+
+
+def test_a_master_whose_own_ssconf_lacks_a_node_is_waited_for() -> None:
+    nodes = {n.name: n for n in (Node("node1", 0, stale=2), Node("node2", 0), Node("node3", 0))}
+    _cluster(nodes).wait_ssconf_current(list(nodes.values()), timeout=30)  # type: ignore[arg-type]
+    # Nobody was compared with the master's copy until that copy listed every node.
+    assert nodes["node1"].reads == 3 and nodes["node2"].checks == 1
 
 
 def test_a_node_that_never_catches_up_is_named() -> None:
     nodes = {n.name: n for n in (Node("node1", 0), Node("node2", 10**6))}
-    plan = SimpleNamespace(name="c1", fqdn="c1.lab", master="node1.lab",
-                           nodes=["node1.lab", "node2.lab"])
-    lab = SimpleNamespace(machine=lambda name: nodes[name],
-                          on_all=lambda fn, ms: {m.name: fn(m) for m in ms})
     with pytest.raises(LabError, match="nodes still behind: node2"):
-        Cluster(lab, plan).wait_ssconf_current(  # type: ignore[arg-type]
+        _cluster(nodes).wait_ssconf_current(  # type: ignore[arg-type]
             list(nodes.values()), timeout=1)  # type: ignore[arg-type]
+
+
+def test_a_master_that_never_lists_a_node_is_named() -> None:
+    nodes = {n.name: n for n in (Node("node1", 0, stale=10**6), Node("node2", 0),
+                                 Node("node3", 0))}
+    with pytest.raises(LabError, match=r"node1 \(its ssconf lacks node3\.lab\)"):
+        _cluster(nodes).wait_ssconf_current(  # type: ignore[arg-type]
+            list(nodes.values()), timeout=1)  # type: ignore[arg-type]
+
+
+def test_a_failed_formation_keeps_what_explains_it_before_undoing_it(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The "booted" snapshot's restore takes the nodes' logs back: the failure's artifacts
+    are collected before it, and the formation's own error is the one raised."""
+    from lab.ganeti import bootstrap
+
+    order: list[str] = []
+    lab = SimpleNamespace(name="t", dir=tmp_path,
+                          plan=SimpleNamespace(default_layout="one", layouts={"one": []}))
+    monkeypatch.setattr(bootstrap.snapshots, "has", lambda lab, name: name == "booted")
+    monkeypatch.setattr(bootstrap.snapshots, "restore",
+                        lambda lab, name: order.append(f"restore {name}"))
+
+    def form(lab: object, layout: str, timings: object) -> None:
+        order.append(f"form {layout}")
+        raise LabError("cluster1: gnt-cluster verify found errors")
+
+    def collect() -> None:
+        order.append("collect")
+        raise OSError("disk full")  # a failed collection never hides the formation's error
+
+    monkeypatch.setattr(bootstrap, "form_layout", form)
+    with pytest.raises(LabError, match="verify found errors"):
+        bootstrap.ensure_layout(lab, "one", before_restore=collect)  # type: ignore[arg-type]
+    assert order == ["form one", "collect", "restore booted"]

@@ -691,7 +691,8 @@ def fake_layouts(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     calls: dict[str, list[str]] = {"ensure": [], "restore": [], "collect": []}
     live: dict[str, str | None] = {"layout": None}
 
-    def ensure_layout(lab: object, layout: str, timings: object) -> dict[str, object]:
+    def ensure_layout(lab: object, layout: str, timings: object,
+                      before_restore: object = None) -> dict[str, object]:
         calls["ensure"].append(layout)
         live["layout"] = layout
         return {}
@@ -732,7 +733,8 @@ def test_a_layout_that_fails_to_form_fails_one_test_and_skips_the_rest(
         run, pytester, monkeypatch, fake_layouts) -> None:
     from lab.errors import LabError
 
-    def broken(lab: object, layout: str, timings: object) -> None:
+    def broken(lab: object, layout: str, timings: object, before_restore: object = None
+               ) -> None:
         fake_layouts["ensure"].append(layout)
         raise LabError("cluster1: gnt-node add node3.lab failed: exit 1", "see the artifacts")
 

@@ -161,3 +161,43 @@ def test_workers_share_the_run_id_without_env(inner, runs, monkeypatch) -> None:
     assert len(run_dirs) == 1, f"one run, several run directories: {run_dirs}"
     for worker in WORKERS:
         assert (runs / run_dirs[0] / worker / "timings.json").is_file()
+
+
+OTHER_TESTS = """
+import os
+
+def _ran():
+    with open(os.path.join(os.path.dirname(__file__), "other-workers.txt"), "a") as fh:
+        fh.write(os.environ.get("PYTEST_XDIST_WORKER", "controller") + "\\n")
+
+""" + "".join(f"""
+def test_unit_{i}():
+    import time
+    time.sleep(0.3)
+    _ran()
+""" for i in range(8)) + """
+def test_own_lab(lab_host):  # a lab of its own: not the session's
+    _ran()
+"""
+
+
+def test_loadgroup_runs_the_session_labs_tests_on_one_worker_and_the_rest_beside(
+        inner, pytester, runs, run_id) -> None:
+    """CI's way (`-n 2 --dist loadgroup`): the session's lab is brought up once, on one
+    worker, which runs every test that uses it, in the plugin's order; the other tests
+    (unit tests, a test with a lab of its own) run on the other worker meanwhile."""
+    pytester.makepyfile(test_others=OTHER_TESTS)
+    result = inner("--dist=loadgroup")
+    result.assert_outcomes(passed=len(TEST_NAMES) + 9)
+    names = recorded(pytester)
+    assert len(names) == 1, f"the session's lab was brought up on several workers: {names}"
+    ((lab_worker, started),) = names.items()
+    assert started == [f"default-{lab_worker}"]
+    doc = Timings.load(runs / run_id / lab_worker / "timings.json")
+    # Phase names carry no xdist group suffix.
+    assert {p["name"] for p in doc["phases"]} >= {
+        f"test test_labs.py::{name}" for name in TEST_NAMES}
+    others = (pytester.path / "other-workers.txt").read_text().split()
+    assert len(others) == 9
+    (other_worker,) = set(WORKERS) - {lab_worker}
+    assert other_worker in others, f"nothing ran beside the session's lab: {others}"

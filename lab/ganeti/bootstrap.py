@@ -12,6 +12,7 @@ import json
 import logging
 import secrets
 import shlex
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -72,10 +73,12 @@ def clusters_of(lab: Lab, layout: str | None = None) -> dict[str, Cluster]:
     return {cp.name: Cluster(lab, cp) for cp in lab.plan.layouts[layout]}
 
 
-def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None = None
-                  ) -> dict[str, Cluster]:
+def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None = None,
+                  before_restore: Callable[[], None] | None = None) -> dict[str, Cluster]:
     """Make ``layout`` the lab's live layout the fastest way available:
-    nothing (already live), restore its snapshot, or restore "booted" and bootstrap it."""
+    nothing (already live), restore its snapshot, or restore "booted" and bootstrap it.
+    A formation that fails is undone (the "booted" snapshot restored) after
+    ``before_restore`` ran (the plugin collects the failure's artifacts there)."""
     layout = layout or lab.plan.default_layout
     if layout not in lab.plan.layouts:
         raise LabError(f"lab {lab.name} has no layout {layout!r}",
@@ -107,6 +110,11 @@ def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None =
         # Leave the lab cluster-less, so the next test can try again from a clean state.
         log.error("forming layout %s failed; restoring the %r snapshot", layout,
                   BOOTED_SNAPSHOT)
+        if before_restore is not None:
+            try:
+                before_restore()
+            except Exception as exc:  # the formation's own error is the one to report
+                log.error("collecting what explains the failure failed: %s", exc)
         try:
             snapshots.restore(lab, BOOTED_SNAPSHOT)
             _set_layout(lab, None)

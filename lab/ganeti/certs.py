@@ -1,8 +1,9 @@
 """The cluster's RAPI certificate, made for the cluster's own name and IP.
 
 Ganeti's self-signed default carries the name ganeti.example.com, which a client that checks
-host names must reject; a certificate placed at /var/lib/ganeti/rapi.pem before
-`gnt-cluster init` is kept by Ganeti and copied to master candidates on node add.
+host names must reject. It cannot be put in place before `gnt-cluster init` (init refuses a
+/var/lib/ganeti holding files), so bootstrap installs it right after init, while the master is
+the only node, and node adds copy it to the master candidates.
 """
 
 from __future__ import annotations

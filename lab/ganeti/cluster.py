@@ -150,42 +150,60 @@ class Cluster:
 
     def wait_ssconf_current(self, nodes: list[Machine] | None = None,
                             timeout: float = 300.0) -> None:
-        """Wait until ``nodes`` (default: every node Ganeti lists as online) hold the master's
-        copy of every ssconf file.
+        """Wait until the cluster's files have reached ``nodes`` (default: every node Ganeti
+        lists as online): the master's ssconf names every node of the configuration, each of
+        ``nodes`` holds the master's copy of every ssconf file, and a master candidate also
+        its config.data.
 
-        The master's configuration daemon writes each change to the other nodes' ssconf in the
-        background, after the job that made it has ended. Until then a node's daemon works from
-        the old copy: a verify right after the last `gnt-node add` failed on all four nodes
-        with "Error while executing backend function: 'node4.lab'" (its ssconf_ssh_ports did
-        not list the new node yet), and an instance start right after a uid pool change used
-        the old pool.
+        The master's configuration daemon writes each change to its own ssconf and to the
+        other nodes in the background, after the job that made it has ended. Until then a
+        node's daemon works from the old copy: a verify right after the last `gnt-node add`
+        failed with "Error while executing backend function: 'node4.lab'" (the node's
+        ssconf_ssh_ports did not list the new node yet), also once when every node already
+        matched a master whose own copy was still the old one (host under load); an instance
+        start right after a uid pool change used the old pool.
         """
+        rows = self.query("gnt-node list", ["name", "offline", "master_candidate"])
+        names = [r["name"] for r in rows]
+        candidates = {r["name"] for r in rows if r["master_candidate"] == "Y"}
         if nodes is None:
-            online = {r["name"] for r in self.query("gnt-node list", ["name", "offline"])
-                      if r["offline"] != "Y"}
+            online = {r["name"] for r in rows if r["offline"] != "Y"}
             nodes = [m for fqdn, m in zip(self.plan.nodes, self.nodes, strict=True)
                      if fqdn in online]
+        fqdn_of = {m.name: fqdn for fqdn, m in zip(self.plan.nodes, self.nodes, strict=True)}
         targets = [m for m in nodes if m.name != self.master.name]
-        if not targets:
-            return
-        listing = "cd /var/lib/ganeti && md5sum ssconf_*"
+        late: list[str] = []
 
-        def behind() -> list[str]:
-            sums = self.master.run(listing, announce=False)
-            if not sums.ok:
-                raise LabError(f"{self.master.name}: `{listing}` failed: {sums.stderr.strip()}")
-            found = self.lab.on_all(
-                lambda m: m.run("cd /var/lib/ganeti && md5sum --quiet -c -", input=sums.stdout,
-                                announce=False).ok, targets)
-            return [name for name, ok in found.items() if not ok]
-
-        def current() -> bool:
-            late[:] = behind()
+        def master_lists_every_node() -> bool:
+            listed = self.master.run("cd /var/lib/ganeti && cat ssconf_node_list && "
+                                     "cut -d= -f1 ssconf_ssh_ports", announce=False)
+            lines = listed.stdout.splitlines()
+            missing = [n for n in names if lines.count(n) < 2]
+            late[:] = [f"{self.master.name} (its ssconf lacks {', '.join(missing)})"] \
+                if missing or not listed.ok else []
             return not late
 
-        late: list[str] = []
-        wait_for(f"{self.name}: ssconf of {len(targets)} nodes to match the master's", current,
-                 timeout=timeout, interval=3.0,
+        def current() -> bool:
+            if not master_lists_every_node():
+                return False
+            sums = self.master.run("cd /var/lib/ganeti && md5sum ssconf_* config.data",
+                                   announce=False)
+            if not sums.ok:
+                raise LabError(f"{self.master.name}: md5sum of ssconf and config.data failed: "
+                               f"{sums.stderr.strip()}")
+            ssconf = "".join(ln + "\n" for ln in sums.stdout.splitlines()
+                             if not ln.endswith(" config.data"))
+
+            def holds(m: Machine) -> bool:
+                wanted = sums.stdout if fqdn_of.get(m.name) in candidates else ssconf
+                return m.run("cd /var/lib/ganeti && md5sum --quiet -c -", input=wanted,
+                             announce=False).ok
+            found = self.lab.on_all(holds, targets) if targets else {}
+            late[:] = [name for name, ok in found.items() if not ok]
+            return not late
+
+        wait_for(f"{self.name}: ssconf (and config.data on candidates) of {len(nodes)} nodes "
+                 "to match the master's", current, timeout=timeout, interval=3.0,
                  describe=lambda: f"nodes still behind: {', '.join(late)}")
 
     # The verify of the bootstrap that formed the cluster, kept with the cluster's state: the

@@ -197,7 +197,8 @@ class InstanceFactory:
             snode = next(n for n in self.cluster.plan.nodes if n != pnode)
         if name not in self.made:  # before submitting: a half-made instance is removed too
             self.made.append(name)
-        return name, dict(disk_template=template, disks=[{"size": disk_mib}], nics=[{}], os=os,
+        disks = [] if template == "diskless" else [{"size": disk_mib}]
+        return name, dict(disk_template=template, disks=disks, nics=[{}], os=os,
                           hypervisor=hypervisor, pnode=pnode, snode=snode,
                           beparams={"memory": memory_mib, "vcpus": 1}, start=start, **extra)
 
