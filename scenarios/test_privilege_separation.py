@@ -25,9 +25,6 @@ pytestmark = pytest.mark.lab(layout="one-cluster")
 JOB_TIMEOUT = 900
 POOL = range(2000, 2002)          # two uids for qemu processes
 MISSING_USER = 2002               # added to the pool later, without a user on the pool node
-# Under emulation each kvm instance takes about 100 s to create and 60 s to start: this test
-# took 914 s with four instances (three now), more than CI has room for.
-POOL_IN_CI = "about 15 minutes under emulation, more than CI has room for (README)"
 DAEMON_TABLE = "Ganeti daemons"
 POOL_TABLE = "KVM user pool"
 
@@ -92,7 +89,6 @@ def test_rapi_lets_in_only_whom_it_should(lab_reset: object, cluster: Cluster,
         assert rapi.info() == info, "a refused write changed the cluster"
 
 
-@pytest.mark.nightly(reason=POOL_IN_CI)
 def test_kvm_instances_run_under_pool_uids(lab_reset: object, cluster: Cluster,
                                            timings: Timings,
                                            instances: InstanceFactory) -> None:

@@ -104,11 +104,18 @@ class Node:
     """A node whose copy of the cluster's files catches up with the master's after
     ``behind`` checks; as the master, its own ssconf lists every node after ``stale`` reads."""
 
-    def __init__(self, name: str, behind: int, stale: int = 0, candidate: bool = True) -> None:
+    def __init__(self, name: str, behind: int, stale: int = 0, candidate: bool = True,
+                 after_redist: bool = False) -> None:
         self.name, self.behind, self.stale, self.candidate = name, behind, stale, candidate
+        self.after_redist = after_redist
         self.checks, self.reads, self.inputs = 0, 0, []
 
+    redists = 0
+
     def succeed(self, command: str, timeout: float = 300.0) -> str:
+        if command == "gnt-cluster redist-conf":
+            Node.redists += 1
+            return ""
         assert command.startswith("gnt-node list --no-headers")
         return "".join(f"{n}|N|{'Y' if n != 'node3.lab' or self.candidate else 'N'}\n"
                        for n in NAMES)
@@ -124,7 +131,8 @@ class Node:
         assert "md5sum --quiet -c -" in command
         self.inputs.append(input)
         self.checks += 1
-        return Result(self.name, command, 0 if self.checks > self.behind else 1, "", "", 0.1)
+        caught_up = self.checks > self.behind or (self.after_redist and Node.redists > 0)
+        return Result(self.name, command, 0 if caught_up else 1, "", "", 0.1)
 
 
 def _cluster(nodes: dict[str, Node]) -> Cluster:
@@ -154,19 +162,36 @@ def test_a_master_whose_own_ssconf_lacks_a_node_is_waited_for() -> None:
     assert nodes["node1"].reads == 3 and nodes["node2"].checks == 1
 
 
-def test_a_node_that_never_catches_up_is_named() -> None:
+def test_a_node_ganeti_never_copied_to_gets_a_redist_conf(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(Node, "redists", 0)
+    monkeypatch.setattr("lab.ganeti.cluster.REDIST_AFTER", 1.0)
+    nodes = {n.name: n for n in (Node("node1", 0), Node("node2", 10**6, after_redist=True),
+                                 Node("node3", 0))}
+    with caplog.at_level(logging.WARNING):
+        _cluster(nodes).wait_ssconf_current(  # type: ignore[arg-type]
+            list(nodes.values()), timeout=30)  # type: ignore[arg-type]
+    assert Node.redists == 1
+    assert "node2 still behind the master" in caplog.text and "redist-conf" in caplog.text
+
+
+def test_a_node_that_never_catches_up_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Node, "redists", 0)
     nodes = {n.name: n for n in (Node("node1", 0), Node("node2", 10**6))}
     with pytest.raises(LabError, match="nodes still behind: node2"):
         _cluster(nodes).wait_ssconf_current(  # type: ignore[arg-type]
             list(nodes.values()), timeout=1)  # type: ignore[arg-type]
+    assert Node.redists == 1  # Ganeti's own repair was tried before giving up
 
 
 def test_a_master_that_never_lists_a_node_is_named() -> None:
     nodes = {n.name: n for n in (Node("node1", 0, stale=10**6), Node("node2", 0),
                                  Node("node3", 0))}
+    redists = Node.redists
     with pytest.raises(LabError, match=r"node1 \(its ssconf lacks node3\.lab\)"):
         _cluster(nodes).wait_ssconf_current(  # type: ignore[arg-type]
             list(nodes.values()), timeout=1)  # type: ignore[arg-type]
+    assert Node.redists == redists  # no copy to the others helps a master behind itself
 
 
 def test_a_failed_formation_keeps_what_explains_it_before_undoing_it(

@@ -116,3 +116,5 @@ def test_local_ganeti_debs_are_layered_into_a_hypervisor_image_of_their_own(
     # Debian's Ganeti keeps its own image and key: a run without --ganeti-debs never gets this.
     assert not store.has("hypervisor", stock["hypervisor"].key())
     assert LocalDebs.load(rebuilt_ganeti_debs).digest == debs.digest
+    # Built once: tests/test_ganeti_debs_lab.py boots a lab on it from the session's cache.
+    ImageStore().adopt(store, "hypervisor", image.key)
