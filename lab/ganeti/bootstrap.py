@@ -267,14 +267,21 @@ def add_rapi_user(cluster: Cluster, user: str, password: str, access: str) -> No
 
 
 def _log_rpc_connect_timeout(cluster: Cluster) -> None:
-    """The hypervisor image raises Ganeti's node RPC connect timeout (5 s upstream) for
-    emulation (lab/images/recipes/hypervisor-setup.sh says why): said on every bootstrap, with
-    the value the master's active Ganeti really has."""
+    """The hypervisor image raises Ganeti's node RPC connect timeout (5 s upstream) and its
+    disk import/export daemon's ready and listen timeouts (10 s upstream) for emulation
+    (lab/images/recipes/hypervisor-setup.sh says why): said on every bootstrap, with the
+    values the master's active Ganeti really has."""
     found = cluster.master.succeed(
         f"grep -h '^RPC_CONNECT_TIMEOUT' {versions.SHARE}/ganeti/_constants.py").strip()
     log.warning("%s: Ganeti's node RPC connect timeout is changed by the lab's image "
                 "(%s; upstream 5 s): under TCG a busy node daemon's TLS handshake takes "
                 "longer than 5 s", cluster.plan.fqdn, found)
+    transfer = cluster.master.succeed(
+        "grep -hE '^  DEFAULT_(READY|LISTEN)_TIMEOUT = ' "
+        f"{versions.SHARE}/ganeti/masterd/instance.py").split()
+    log.warning("%s: Ganeti's disk import/export timeouts are changed by the lab's image (%s; "
+                "upstream 10 s each): under TCG two transfers at once did not start in 10 s",
+                cluster.plan.fqdn, " ".join(transfer))
 
 
 def _limit_running_jobs_under_emulation(cluster: Cluster) -> None:

@@ -33,3 +33,16 @@ for constants in /usr/share/ganeti/[0-9]*/ganeti/_constants.py; do
     sed -i 's/^RPC_CONNECT_TIMEOUT = 5$/RPC_CONNECT_TIMEOUT = 30/' "$constants"
     python3 -m py_compile "$constants"
 done
+# The same for a disk's import/export daemon (instance moves, exports, imports): Ganeti gives
+# it 10 s to write its first status and to listen, and under emulation two transfers at once
+# failed there ("Disk 0 failed to send data: Didn't become ready after 10 seconds"). Every
+# Ganeti the image carries gets 60 s; bootstrap logs the value it finds.
+for transfer in /usr/share/ganeti/[0-9]*/ganeti/masterd/instance.py; do
+    [ -L "${transfer%/ganeti/masterd/instance.py}" ] && continue
+    for name in DEFAULT_READY_TIMEOUT DEFAULT_LISTEN_TIMEOUT; do
+        grep -qx "  $name = 10" "$transfer" || {
+            echo "$transfer: no '  $name = 10' line to raise" >&2; exit 1; }
+        sed -i "s/^  $name = 10\$/  $name = 60/" "$transfer"
+    done
+    python3 -m py_compile "$transfer"
+done
