@@ -45,6 +45,7 @@ LAB_FIXTURES = {"lab", "cluster", "clusters", "lab_reset", "lab_host", "instance
 # Under `pytest -n N --dist loadgroup` every test of the session's lab runs on one worker, in
 # order; the others (unit tests, tests with a lab of their own) run beside it on the rest.
 SESSION_LAB_GROUP = "session-lab"
+LIVE_LOG = "live.log"  # an xdist worker's live lines, in its run directory
 ARTIFACT_POLICIES = ("on-failure", "always", "never")
 T = TypeVar("T")
 
@@ -150,12 +151,18 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.option.xmlpath and not worker:
         run_dir.mkdir(parents=True, exist_ok=True)
         config.option.xmlpath = str(run_dir / "junit.xml")
-    handler = _TerminalLine(config)
+    # An xdist worker's terminal is nobody's: its live lines go to a file the controller
+    # follows (_WorkerLines), so CI's log still shows what each worker waits on.
+    handler = _TerminalLine(config, run_dir / LIVE_LOG if worker else None)
     handler.setLevel(logging.INFO)
     config.stash[_state_key]["handler"] = handler
     for name in LOGGERS:
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
+    if not worker and getattr(config.option, "numprocesses", None):
+        follower = _WorkerLines(config, run_dir)
+        config.stash[_state_key]["follower"] = follower
+        follower.start()
 
 
 def _sigterm_as_interrupt(config: pytest.Config) -> None:
@@ -179,21 +186,32 @@ def pytest_configure_node(node: Any) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     state = config.stash.get(_state_key, None)
+    if state and state.get("follower"):
+        state["follower"].stop()
     if state and state.get("handler"):
         for name in LOGGERS:
             logging.getLogger(name).removeHandler(state["handler"])
 
 
 class _TerminalLine(logging.Handler):
-    """The live one-line-per-phase log, written past pytest's output capture."""
+    """The live one-line-per-phase log, written past pytest's output capture (or, in an
+    xdist worker, appended to ``path`` for the controller to show)."""
 
-    def __init__(self, config: pytest.Config) -> None:
+    def __init__(self, config: pytest.Config, path: Path | None = None) -> None:
         super().__init__()
         self.config = config
+        self.path = path
         self._lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            line = lab_secrets.scrub(record.getMessage())  # a phase error may quote one
+            if self.path is not None:
+                with self._lock:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    with self.path.open("a", encoding="utf-8") as out:
+                        out.write(line.replace("\n", " | ") + "\n")
+                return
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             capture = self.config.pluginmanager.get_plugin("capturemanager")
             if reporter is None:
@@ -201,11 +219,45 @@ class _TerminalLine(logging.Handler):
             # Output capture is active while tests run: step around it, as live logging does.
             suspended = (capture.global_and_fixture_disabled() if capture is not None
                          else contextlib.nullcontext())
-            line = lab_secrets.scrub(record.getMessage())  # a phase error may quote one
             with self._lock, suspended:  # phases also end in worker threads
                 reporter.write_line(f"[lab] {line}")
         except Exception:
             self.handleError(record)
+
+
+class _WorkerLines:
+    """In the xdist controller: follows each worker's live log (<run>/<worker>/live.log) and
+    writes its new lines to the terminal as ``[lab gw0] ...``, about once a second."""
+
+    def __init__(self, config: pytest.Config, run_dir: Path, interval: float = 1.0) -> None:
+        self.config, self.run_dir, self.interval = config, run_dir, interval
+        self._offsets: dict[Path, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lab-worker-lines", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.flush()  # what the workers wrote last
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.flush()
+
+    def flush(self) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        for path in sorted(self.run_dir.glob(f"*/{LIVE_LOG}")):
+            with path.open("rb") as log_file:
+                log_file.seek(self._offsets.get(path, 0))
+                chunk = log_file.read()
+            complete = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits
+            self._offsets[path] = self._offsets.get(path, 0) + len(complete)
+            for line in complete.decode("utf-8", "replace").splitlines():
+                if reporter is not None:
+                    reporter.write_line(f"[lab {path.parent.name}] {line}")
 
 
 def _marked_layout(item: pytest.Item) -> str | None:

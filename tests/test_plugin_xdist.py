@@ -197,7 +197,34 @@ def test_loadgroup_runs_the_session_labs_tests_on_one_worker_and_the_rest_beside
     # Phase names carry no xdist group suffix.
     assert {p["name"] for p in doc["phases"]} >= {
         f"test test_labs.py::{name}" for name in TEST_NAMES}
+    # The controller shows each worker's live lines (a worker's own terminal is nobody's).
+    result.stdout.fnmatch_lines([f"[[]lab {lab_worker}[]] starting: test test_labs.py::test_*"])
+    assert (runs / run_id / lab_worker / "live.log").is_file()
     others = (pytester.path / "other-workers.txt").read_text().split()
     assert len(others) == 9
     (other_worker,) = set(WORKERS) - {lab_worker}
     assert other_worker in others, f"nothing ran beside the session's lab: {others}"
+
+
+def test_the_controller_shows_only_whole_lines_of_each_worker(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lab.pytest_plugin import _WorkerLines
+
+    shown: list[str] = []
+    reporter = SimpleNamespace(write_line=shown.append)
+    config = SimpleNamespace(pluginmanager=SimpleNamespace(get_plugin=lambda name: reporter))
+    follower = _WorkerLines(config, tmp_path)  # type: ignore[arg-type]
+    (tmp_path / "gw0").mkdir()
+    (tmp_path / "gw1").mkdir()
+    with (tmp_path / "gw0" / "live.log").open("a") as gw0:
+        gw0.write("starting: lab up\nwaiting up to 600 s for SS")
+    (tmp_path / "gw1" / "live.log").write_text("starting: test tests/test_images.py::x\n")
+    follower.flush()
+    assert shown == ["[lab gw0] starting: lab up",
+                     "[lab gw1] starting: test tests/test_images.py::x"]
+    with (tmp_path / "gw0" / "live.log").open("a") as gw0:
+        gw0.write("H on node1\n")
+    follower.flush()
+    follower.flush()  # nothing new: nothing shown twice
+    assert shown[2:] == ["[lab gw0] waiting up to 600 s for SSH on node1"]
