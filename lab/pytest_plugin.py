@@ -245,7 +245,10 @@ class _WorkerLines:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.flush()
+            try:
+                self.flush()
+            except Exception as exc:  # showing the workers' lines must never end the run
+                log.debug("following the workers' live logs: %s", exc)
 
     def flush(self) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
