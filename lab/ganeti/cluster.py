@@ -23,9 +23,9 @@ if TYPE_CHECKING:
     from lab.spec import ClusterPlan
 
 RAPI_USER = "lab-admin"
-# Ganeti's RPC client giving up on a node daemon that answers too slowly.
 # How long the lab waits for Ganeti's own copy of a change before it asks for another.
 REDIST_AFTER = 60.0
+# Ganeti's RPC client giving up on a node daemon that answers too slowly.
 RPC_TIMEOUT = re.compile(r"Error 28|timed out|[Tt]imeout")
 # A node still holding an older copy of a file the master distributes.
 FILE_BEHIND = re.compile(r"File \S+ found with \d+ different checksums")
