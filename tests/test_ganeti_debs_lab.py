@@ -1,7 +1,7 @@
 """--ganeti-debs for real: a tiny lab of its own boots the hypervisor image layered with a
 contributor's Ganeti packages (Debian's 3.0 rebuilt as +lab1, tests/conftest.py), forms its
-cluster on them, and is never reused by a run that asks for Debian's Ganeti. In CI it runs
-beside the session's lab (xdist), on the image tests/test_image_build.py layered."""
+cluster on them, and is never reused by a run that asks for Debian's Ganeti. It boots the
+image tests/test_image_build.py layered when that test ran first (CI's order)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ NAME = "ganeti-debs"
 MARKER = "/usr/share/doc/ganeti-3.0/LAB-LOCAL-BUILD"
 
 
+@pytest.mark.nightly(reason="boots and bootstraps a tiny lab of its own (about 6 minutes "
+                            "alone; CI has no room left)")
 def test_a_lab_forms_its_cluster_on_the_contributors_packages(
         lab_host: ImageStore, rebuilt_ganeti_debs: Path, timings: Timings) -> None:
     debs = LocalDebs.load(rebuilt_ganeti_debs)

@@ -12,7 +12,8 @@ from lab.timings import new_run_id
 
 NIGHTLY_TESTS = ("tests/test_bench.py::test_smoke_smallest_bench_on_a_tiny_lab",
                  "tests/test_plain_vagrant.py",
-                 "tests/test_ganeti_clusters.py::test_two_clusters_from_the_booted_snapshot")
+                 "tests/test_ganeti_clusters.py::test_two_clusters_from_the_booted_snapshot",
+                 "tests/test_ganeti_debs_lab.py")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
