@@ -105,16 +105,22 @@ class Node:
     ``behind`` checks; as the master, its own ssconf lists every node after ``stale`` reads."""
 
     def __init__(self, name: str, behind: int, stale: int = 0, candidate: bool = True,
-                 after_redist: bool = False) -> None:
+                 after_redist: bool = False, copy_fixes: bool = False) -> None:
         self.name, self.behind, self.stale, self.candidate = name, behind, stale, candidate
-        self.after_redist = after_redist
+        self.after_redist, self.copy_fixes, self.copied = after_redist, copy_fixes, False
         self.checks, self.reads, self.inputs = 0, 0, []
 
     redists = 0
 
-    def succeed(self, command: str, timeout: float = 300.0) -> str:
+    def succeed(self, command: str, timeout: float = 300.0, input: str | None = None) -> str:
         if command == "gnt-cluster redist-conf":
             Node.redists += 1
+            return ""
+        if "tar -cf - ssconf_*" in command:
+            return "UEFDS0VE"
+        if command.startswith("base64 -d | tar -C /var/lib/ganeti"):
+            assert input == "UEFDS0VE"
+            self.copied = True
             return ""
         assert command.startswith("gnt-node list --no-headers")
         return "".join(f"{n}|N|{'Y' if n != 'node3.lab' or self.candidate else 'N'}\n"
@@ -131,7 +137,8 @@ class Node:
         assert "md5sum --quiet -c -" in command
         self.inputs.append(input)
         self.checks += 1
-        caught_up = self.checks > self.behind or (self.after_redist and Node.redists > 0)
+        caught_up = (self.checks > self.behind or (self.after_redist and Node.redists > 0)
+                     or (self.copy_fixes and self.copied))
         return Result(self.name, command, 0 if caught_up else 1, "", "", 0.1)
 
 
@@ -182,9 +189,25 @@ def test_a_node_that_never_catches_up_is_named(monkeypatch: pytest.MonkeyPatch,
     with caplog.at_level(logging.WARNING):
         _cluster(nodes).wait_ssconf_current(  # type: ignore[arg-type]
             list(nodes.values()), timeout=1)  # type: ignore[arg-type]
-    assert Node.redists == 1  # Ganeti's own repair was tried
+    assert Node.redists == 1  # Ganeti's own repair was tried, then the master's files
+    assert nodes["node2"].copied
     # Then the caller's verify judges; the node is named.
-    assert "node2 still behind the master after redist-conf" in caplog.text
+    assert "node2 still behind the master; going on" in caplog.text
+
+
+def test_an_ssconf_ganeti_never_sends_again_is_copied_from_the_master(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(Node, "redists", 0)
+    monkeypatch.setattr("lab.ganeti.cluster.REDIST_AFTER", 1.0)
+    nodes = {n.name: n for n in (Node("node1", 0), Node("node2", 0),
+                                 Node("node3", 10**6, copy_fixes=True))}
+    with caplog.at_level(logging.WARNING):
+        _cluster(nodes).wait_ssconf_current(  # type: ignore[arg-type]
+            list(nodes.values()), timeout=2)  # type: ignore[arg-type]
+    assert Node.redists == 1
+    assert nodes["node3"].copied and not nodes["node2"].copied
+    assert "node3 still behind after redist-conf; copying the master's ssconf" in caplog.text
+    assert "going on" not in caplog.text
 
 
 def test_a_master_that_never_lists_a_node_is_named(caplog: pytest.LogCaptureFixture) -> None:
@@ -195,7 +218,7 @@ def test_a_master_that_never_lists_a_node_is_named(caplog: pytest.LogCaptureFixt
         _cluster(nodes).wait_ssconf_current(  # type: ignore[arg-type]
             list(nodes.values()), timeout=1)  # type: ignore[arg-type]
     assert Node.redists == redists + 1  # the master's own copy comes the same way
-    assert "node1 (its ssconf lacks node3.lab) still behind" in caplog.text
+    assert "node1 (its ssconf lacks node3.lab) still behind the master; going on" in caplog.text
 
 
 def test_a_master_behind_itself_gets_a_redist_conf_too(
