@@ -167,7 +167,7 @@ def _bootstrap(lab: Lab, cp: ClusterPlan, timings: Timings | None,
             password = _rapi_secrets(cluster)
             patch = _patch_for(cluster, cp.version, nodes[0])
             lab.on_all(lambda m: _prepare_node(cluster, m, password, patch=patch), nodes)
-        _log_rpc_connect_timeout(cluster)
+        _log_emulation_timeouts(cluster)
         with maybe_phase(timings, f"{cp.name}: gnt-cluster init"):
             cluster.gnt(_init_command(cluster), timeout=1200)
             _limit_running_jobs_under_emulation(cluster)
@@ -266,7 +266,7 @@ def add_rapi_user(cluster: Cluster, user: str, password: str, access: str) -> No
     cluster.lab.on_all(add, cluster.nodes)
 
 
-def _log_rpc_connect_timeout(cluster: Cluster) -> None:
+def _log_emulation_timeouts(cluster: Cluster) -> None:
     """The hypervisor image raises Ganeti's node RPC connect timeout (5 s upstream) and its
     disk import/export daemon's ready and listen timeouts (10 s upstream) for emulation
     (lab/images/recipes/hypervisor-setup.sh says why): said on every bootstrap, with the

@@ -14,7 +14,7 @@ from lab.errors import LabError
 from lab.ganeti import gnt, versions
 from lab.ganeti.rapi import RapiClient
 from lab.remote import Machine
-from lab.waiting import wait_for
+from lab.waiting import WaitTimeout, wait_for
 
 log = logging.getLogger("lab.ganeti.cluster")
 
@@ -206,12 +206,17 @@ class Cluster:
 
         what = f"{self.name}: ssconf (and config.data on candidates) of {len(nodes)} nodes " \
                "to match the master's"
-        try:
-            wait_for(what, current, timeout=min(REDIST_AFTER, timeout), interval=3.0,
-                     describe=lambda: f"nodes still behind: {', '.join(late)}")
+
+        def caught_up(seconds: float) -> bool:
+            try:
+                wait_for(what, current, timeout=seconds, interval=3.0,
+                         describe=lambda: f"nodes still behind: {', '.join(late)}")
+            except WaitTimeout:
+                return False
+            return True
+
+        if caught_up(min(REDIST_AFTER, timeout)):
             return
-        except LabError:
-            pass
         # Ganeti copies each change once, in the background, through the node daemons, the
         # master's own ssconf included: a copy that timed out (a slow node daemon under
         # emulation) leaves that node behind until the next change. Seen here: candidates'
@@ -221,12 +226,8 @@ class Cluster:
                     "`gnt-cluster redist-conf` (Ganeti copies each change only once)",
                     self.name, ", ".join(late), min(REDIST_AFTER, timeout))
         self.gnt("gnt-cluster redist-conf", timeout=600)
-        try:
-            wait_for(what, current, timeout=timeout, interval=3.0,
-                     describe=lambda: f"nodes still behind: {', '.join(late)}")
+        if caught_up(timeout):
             return
-        except LabError:
-            pass
         # Seen once: a candidate's ssconf_master_candidates_certs still lacked the last node
         # added, 7 minutes on and after redist-conf, which re-sends config.data but not an
         # ssconf Ganeti thinks unchanged; verify then failed on it. The lab copies the
@@ -239,10 +240,7 @@ class Cluster:
             packed = self.master.succeed("cd /var/lib/ganeti && tar -cf - ssconf_* | base64 -w0")
             self.lab.on_all(lambda m: m.succeed(
                 "base64 -d | tar -C /var/lib/ganeti -xpf - --same-owner", input=packed), stale)
-        try:
-            wait_for(what, current, timeout=min(REDIST_AFTER, timeout), interval=3.0,
-                     describe=lambda: f"nodes still behind: {', '.join(late)}")
-        except LabError:
+        if not caught_up(min(REDIST_AFTER, timeout)):
             # Whether that matters is Ganeti's to say: the caller's verify (or the job that
             # reads the file) judges; the stale nodes are named here.
             log.warning("%s: %s still behind the master; going on, Ganeti's own checks judge",
