@@ -82,10 +82,6 @@ class LocalDebs:
         blob = json.dumps(sorted((d.package, d.sha256) for d in self.debs)).encode()
         return hashlib.sha256(blob).hexdigest()
 
-    @property
-    def short(self) -> str:
-        return self.digest[:12]
-
     def key_input(self) -> dict[str, str]:
         """What the image key covers: each package's content, not where it was found."""
         return {d.package: d.sha256 for d in self.debs}
