@@ -124,7 +124,8 @@ def _renew_the_rapi_certificate_alone(cluster: Cluster) -> None:
     f"Ganeti 3.0.2 bug (upstream {RENEW_CRYPTO_BUG}, open: renew-crypto acts only when a "
     "--new-* option is given): `gnt-cluster renew-crypto -f --rapi-certificate=FILE` alone "
     "prints success and leaves /var/lib/ganeti/rapi.pem unchanged; the lab works around it "
-    "with --new-confd-hmac-key (lab/ganeti/bootstrap.py, logged as a warning); "
+    "by writing rapi.pem on the master before the node adds (lab/ganeti/bootstrap.py, logged "
+    "as a warning); "
     "examples/ganeti-1275-renew-crypto.diff fixes it (the next test)"))
 def test_renew_crypto_rapi_certificate_alone_replaces_the_certificate(cluster: Cluster) -> None:
     _renew_the_rapi_certificate_alone(cluster)
