@@ -24,9 +24,6 @@ pytestmark = pytest.mark.lab(layout="one-cluster")
 JOB_TIMEOUT = 900
 POOL = range(2000, 2002)          # two uids for qemu processes
 MISSING_USER = 2002               # added to the pool later, without a user on the pool node
-# Three kvm instances created and started one by one under emulation: about 15 minutes with
-# plain disks (914 s measured); diskless now, not yet measured whole. CI has no room left.
-POOL_IN_CI = "longer than the room CI has left under emulation (README, What CI runs)"
 DAEMON_TABLE = "Ganeti daemons"
 POOL_TABLE = "KVM user pool"
 
@@ -91,7 +88,6 @@ def test_rapi_lets_in_only_whom_it_should(lab_reset: object, cluster: Cluster,
         assert rapi.info() == info, "a refused write changed the cluster"
 
 
-@pytest.mark.nightly(reason=POOL_IN_CI)
 def test_kvm_instances_run_under_pool_uids(lab_reset: object, cluster: Cluster,
                                            timings: Timings,
                                            instances: InstanceFactory) -> None:
