@@ -677,3 +677,85 @@ def test_smoke_smallest_bench_on_a_tiny_lab(lab_host: ImageStore, tmp_path: Path
 
     assert virt.find(bench.LAB_NAME).empty()
     assert LeaseBook().get(bench.LAB_NAME) is None
+
+
+def _bench_doc(**figures: float) -> dict[str, Any]:
+    """A benchmark document holding only the given ``section__figure`` seconds."""
+    doc: dict[str, Any] = {"kind": "ganeti-lab benchmark", "run_id": "r", "host": {"cores": 2}}
+    for key, seconds in figures.items():
+        section, figure = key.split("__")
+        doc.setdefault(section, {})[figure] = seconds
+    return doc
+
+
+def test_a_run_against_an_earlier_one_and_the_goals() -> None:
+    from lab.bench import reference
+
+    ours = _bench_doc(lab__per_test_reset_seconds=10.0, lab__cold_start_to_ssh_seconds=100.0,
+                      lab__bootstrap_one_cluster_seconds=400.0)
+    earlier = _bench_doc(lab__per_test_reset_seconds=20.0, lab__cold_start_to_ssh_seconds=200.0,
+                         images__cold_build_seconds=300.0)
+    figures = reference.compare(ours, earlier, "earlier.json")["figures"]
+    reset = figures["per-test reset (median)"]
+    assert (reset["reference_over_ours"], reset["goal_seconds"], reset["goal_met"]) == (
+        2.0, 5.0, False)
+    cold = figures["cold start of the default lab to SSH, settled"]
+    assert (cold["reference_over_ours"], cold["goal_met"]) == (2.0, True)
+    assert figures["one-cluster bootstrap to a clean verify"]["missing"] == "the reference"
+    assert figures["image build, cold cache"]["missing"] == "this run"
+    assert figures["restore to a healthy cluster"]["goal_met"] is None  # not measured
+    table = {row[0]: row[1:] for row in reference.rows(
+        reference.compare(ours, earlier, "earlier.json"))}
+    assert table["per-test reset (median)"] == ("10.0", "20.0", "2.0x", "<= 5 s: not met")
+    assert table["image build, cold cache"] == ("-", "300.0", "not in this run", "")
+
+
+def test_the_summary_shows_the_comparison() -> None:
+    from lab.bench import reference
+    from lab.bench.summary import markdown
+
+    doc = _bench_doc(lab__per_test_reset_seconds=4.0)
+    doc["against"] = reference.compare(doc, _bench_doc(lab__per_test_reset_seconds=8.0), "e.json")
+    text = markdown(doc)
+    assert "| figure | ours (s) | reference (s) | reference / ours | goal |" in text
+    assert "| per-test reset (median) | 4.0 | 8.0 | 2.0x | <= 5 s: met |" in text
+    doc["against"] = {"skipped": True, "reason": "no reference document"}
+    assert "Against an earlier run: skipped: no reference document" in markdown(doc)
+
+
+def test_the_default_reference_is_the_newest_committed_document() -> None:
+    from lab.bench import reference
+
+    newest = reference.default_reference()
+    assert newest is not None and newest.parent.name == "docs"
+    assert newest == sorted(newest.parent.glob("bench-*.json"))[-1]
+    assert reference.load(newest)["kind"] == "ganeti-lab benchmark"
+
+
+def test_a_bad_reference_is_refused_before_anything_runs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.errors import LabError
+
+    ran: list[object] = []
+    monkeypatch.setattr(bench, "host_section", lambda store: ran.append(store) or {})
+    not_bench = tmp_path / "other.json"
+    not_bench.write_text('{"kind": "something else"}')
+    for path, message in ((tmp_path / "nope.json", "cannot read the reference"),
+                          (not_bench, "is not a ganeti-lab benchmark document")):
+        args = argparse.Namespace(against=str(path))
+        with pytest.raises(LabError, match=message) as info:
+            bench.run_bench(args)
+        assert str(path) in str(info.value) and "--against" in (info.value.hint or "")
+    assert ran == []
+
+
+def test_a_run_is_compared_with_the_newest_committed_document(
+        faked: dict[str, list[str]]) -> None:
+    from lab.bench import reference
+
+    doc = bench.run_bench(_args(skip_cold_build=True))
+    against = doc["against"]
+    assert against["reference"] == str(reference.default_reference())
+    reset = against["figures"]["per-test reset (median)"]
+    assert reset["ours_seconds"] == doc["lab"]["per_test_reset_seconds"]
+    assert reset["reference_over_ours"] > 0 and reset["goal_seconds"] == 5.0

@@ -10,6 +10,8 @@ Sections (each catches its own failure as ``{"error": ...}`` and always destroys
               role-less base box, apt + shell provisioning one hypervisor after another, then
               `gnt-cluster init` and node adds one after another (see ``BASELINE_METHOD``)
 ``ratios``    ours against the baseline
+``against``   every figure against an earlier document (``--against``, default the newest
+              ``docs/bench-*.json``) and against the speed goals (lab/bench/reference.py)
 ``scaling``   bring-up + bootstrap with 2, 4 and 6 hypervisors; two tiny labs at once
 
 Nothing here is a constant of the result: every figure is a clock reading of this run.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import topology
+from lab.bench import reference
 from lab.bench.baseline import BASELINE_METHOD, baseline_section
 from lab.bench.cleanup import (
     BASELINE_NAME,
@@ -107,6 +110,10 @@ def _guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 def run_bench(args: Any) -> dict[str, Any]:
     """Run every section the arguments ask for; return one JSON-serialisable document."""
+    # The reference is read before anything runs: a bad --against costs no lab.
+    against = getattr(args, "against", None)
+    ref_path = Path(against) if against else reference.default_reference()
+    ref_doc = reference.load(ref_path) if ref_path is not None else None
     run_id = new_run_id()
     started_at, started = utc_now(), time.monotonic()
     # Phases are kept in memory only (figures are pulled into the document); never written.
@@ -130,6 +137,8 @@ def run_bench(args: Any) -> dict[str, Any]:
                   "measured before", doc["interrupted"]["signal"], section)
     doc["finished"] = iso(utc_now())
     doc["total_seconds"] = _r(time.monotonic() - started)
+    doc["against"] = (reference.compare(doc, ref_doc, str(ref_path))
+                      if ref_doc is not None and ref_path is not None else reference.NO_REFERENCE)
     return doc
 
 

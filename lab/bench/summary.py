@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from lab.bench import reference
+
 Row = tuple[str, str]
 
 
@@ -155,4 +157,20 @@ def markdown(doc: dict[str, Any]) -> str:
                   "| our figure | ours (s) | baseline counterpart (s) | baseline / ours |",
                   "| --- | --- | --- | --- |"]
         lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in each]
+    lines += _against_lines(doc.get("against"))
     return head + "\n".join(lines) + "\n"
+
+
+def _against_lines(comparison: dict[str, Any] | None) -> list[str]:
+    """This run against the reference document, and the goals (lab/bench/reference.py)."""
+    if not comparison:
+        return []
+    if comparison.get("skipped"):
+        return ["", f"Against an earlier run: skipped: {comparison.get('reason')}"]
+    lines = ["", f"Against {comparison.get('reference')} (run "
+             f"{comparison.get('reference_run_id', '?')}); reference / ours above 1 means "
+             "this run was faster:", "",
+             "| figure | ours (s) | reference (s) | reference / ours | goal |",
+             "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in reference.rows(comparison)]
+    return lines

@@ -11,7 +11,7 @@ from lab.errors import LabError
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from lab.bench import run_bench
+    from lab.bench import reference, run_bench
     from lab.bench.summary import markdown
 
     if args.summarize:  # a saved document as the README's Markdown table; nothing is run
@@ -20,6 +20,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             raise LabError(f"cannot read the benchmark document {args.summarize}: {exc}",
                            "pass the file written by `ganeti-lab bench --output FILE`") from exc
+        if args.against:
+            saved["against"] = reference.compare(saved, reference.load(Path(args.against)),
+                                                 args.against)
         sys.stdout.write(markdown(saved))
         return 0
     document = run_bench(args)
@@ -42,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="do not rebuild images from a cold cache")
     sp.add_argument("--skip-baseline", action="store_true")
     sp.add_argument("--skip-scaling", action="store_true")
+    sp.add_argument("--against", metavar="FILE",
+                    help="compare with this earlier benchmark document (default: the newest "
+                         "docs/bench-*.json of the checkout)")
     sp.add_argument("--summarize", metavar="FILE",
                     help="print a saved document as a Markdown table of figures; run nothing")
     sp.set_defaults(fn=cmd_bench)
