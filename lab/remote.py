@@ -99,6 +99,10 @@ def _short(command: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[:limit - 1] + "…"
 
 
+# Seconds to wait for the rest of a command's output after its exit was reported.
+OUTPUT_GRACE = 5.0
+
+
 def _bounded(command: str, timeout: float) -> str:
     """``command`` under coreutils' timeout on the machine: when we stop waiting for it, the
     machine ends it (its whole process group) a few seconds later instead of leaving it
@@ -230,6 +234,7 @@ class Machine:
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
             deadline = started + timeout
+            exited: float | None = None
             chan.settimeout(1.0)
             while True:
                 while chan.recv_ready():
@@ -238,7 +243,13 @@ class Machine:
                     err += chan.recv_stderr(65536)
                 if chan.exit_status_ready() and not chan.recv_ready() \
                         and not chan.recv_stderr_ready():
-                    break
+                    # sshd reports the exit as soon as the command ends and sends what it
+                    # still holds of the output after that (a patched 90 KB file read with
+                    # `cat` came back cut short): the output ends with EOF. A daemon started
+                    # in the background may hold it open, so not longer than OUTPUT_GRACE.
+                    exited = exited or time.monotonic()
+                    if chan.eof_received or time.monotonic() - exited > OUTPUT_GRACE:
+                        break
                 if time.monotonic() > deadline:
                     chan.close()
                     return self._result(command, None, out, err, started)

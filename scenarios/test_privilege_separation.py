@@ -28,7 +28,8 @@ DAEMON_TABLE = "Ganeti daemons"
 POOL_TABLE = "KVM user pool"
 
 
-def test_daemons_run_as_their_own_users(cluster: Cluster, timings: Timings) -> None:
+def test_daemons_run_as_their_own_users(lab_reset: object, cluster: Cluster,
+                                        timings: Timings) -> None:
     with timings.phase("list Ganeti's daemons on every node"):
         found = privsep.daemons(cluster)
         # The report's "Ganeti daemons" table: a row per node, a column per daemon.
@@ -42,10 +43,43 @@ def test_daemons_run_as_their_own_users(cluster: Cluster, timings: Timings) -> N
     assert as_root <= privsep.ROOT_DAEMONS, f"daemons running as root: {sorted(as_root)}"
     with timings.phase("compare Ganeti's files with what ensure-dirs wants"):
         files = privsep.file_problems(cluster)
+    # The master's job queue serial as luxid writes it, and the mond logs of the added nodes,
+    # are Ganeti bugs of their own, each proven by a strict xfail below; any other difference
+    # fails here.
+    files = [f for f in files if f not in privsep.known_bugs(cluster)]
     assert not files, "\n".join(files)
     with timings.phase("check which daemon users can read the cluster's secrets"):
         readers = privsep.secret_problems(cluster)
     assert not readers, "\n".join(readers)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=privsep.SERIAL_BUG)
+def test_a_job_leaves_the_queue_serial_as_ensure_dirs_wants(lab_reset: object, cluster: Cluster,
+                                                            timings: Timings) -> None:
+    def serial() -> list[str]:
+        return [f for f in privsep.file_problems(cluster)
+                if f.startswith(f"{cluster.master.name}: {privsep.JOB_QUEUE_SERIAL}:")]
+
+    with timings.phase("ensure-dirs on the master"):
+        cluster.master.succeed("/usr/lib/ganeti/ensure-dirs")
+        if serial():
+            pytest.fail(f"ensure-dirs left the serial unlike it wants it: {serial()}")
+    with timings.phase("one job"):
+        cluster.rapi.add_tags("cluster", None, ["lab-serial"]).wait(timeout=JOB_TIMEOUT)
+    found = serial()
+    if found not in ([], [privsep.luxid_serial(cluster)]):
+        pytest.fail(f"the serial changed in another way than luxid's: {found}")
+    assert not found, found[0]
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=privsep.MOND_LOG_BUG)
+def test_added_nodes_keep_their_logs_as_ensure_dirs_wants(lab_reset: object, cluster: Cluster
+                                                          ) -> None:
+    found = [f for f in privsep.file_problems(cluster) if f": {privsep.MOND_LOG}: " in f]
+    if found not in ([], privsep.first_mond_logs(cluster)):
+        pytest.fail(f"the mond logs differ in another way than a first start leaves them: "
+                    f"{found}")
+    assert not found, "\n".join(found)
 
 
 def test_rapi_lets_in_only_whom_it_should(lab_reset: object, cluster: Cluster,

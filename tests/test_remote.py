@@ -101,3 +101,69 @@ def _ed25519_blob(i: int) -> str:
         return struct.pack(">I", len(data)) + data
 
     return base64.b64encode(field(b"ssh-ed25519") + field(bytes([i]) * 32)).decode()
+
+
+class _ExitFirstChannel:
+    """A session as sshd may send it: the exit status as soon as the command ends, then the
+    rest of its output, then EOF."""
+
+    def __init__(self, parts: list[bytes], eof: bool = True) -> None:
+        self.parts, self.send_eof, self.eof_received = list(parts), eof, False
+
+    def exec_command(self, command: str) -> None:
+        pass
+
+    def shutdown_write(self) -> None:
+        pass
+
+    def settimeout(self, seconds: float) -> None:
+        self.wait = seconds
+
+    def recv_ready(self) -> bool:
+        return False  # nothing has arrived before the exit status
+
+    def recv_stderr_ready(self) -> bool:
+        return False
+
+    def exit_status_ready(self) -> bool:
+        return True
+
+    def recv(self, size: int) -> bytes:
+        if self.parts:
+            return self.parts.pop(0)
+        if self.send_eof:
+            self.eof_received = True
+            return b""
+        time.sleep(self.wait)
+        raise TimeoutError
+
+    def recv_exit_status(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def _machine_on(channel: _ExitFirstChannel, tmp_path: Path) -> Machine:
+    m = Machine("node1", "127.0.0.1", tmp_path / "key", tmp_path / "known_hosts")
+    transport = type("T", (), {"open_session": lambda self, timeout: channel})()
+    client = type("C", (), {"get_transport": lambda self: transport})()
+    m._connect = lambda timeout=10.0: client  # type: ignore[method-assign]
+    return m
+
+
+def test_output_sent_after_the_exit_status_is_kept_whole(tmp_path: Path) -> None:
+    parts = [b"x" * 65536, b"y" * 30000, b"end\n"]
+    m = _machine_on(_ExitFirstChannel(parts), tmp_path)
+    assert m.succeed("cat a-big-file") == "x" * 65536 + "y" * 30000 + "end\n"
+
+
+def test_output_held_open_by_a_background_process_ends_after_the_grace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab import remote
+
+    monkeypatch.setattr(remote, "OUTPUT_GRACE", 1.0)
+    m = _machine_on(_ExitFirstChannel([b"started\n"], eof=False), tmp_path)
+    began = time.monotonic()
+    assert m.succeed("start-a-daemon") == "started\n"
+    assert time.monotonic() - began < 5
