@@ -170,8 +170,9 @@ def file_problems(cluster: Cluster) -> list[str]:
         return list(json.loads(out))
 
     found = cluster.lab.on_all(check, cluster.nodes)
-    return [f"{node}: {path}: {what}" for node, rows in sorted(found.items())
-            for path, what in rows]
+    # Once per file: ensure-dirs lists the queue's serial both by name and in the queue dir.
+    return list(dict.fromkeys(f"{node}: {path}: {what}" for node, rows in sorted(found.items())
+                              for path, what in rows))
 
 
 def readable_secrets(m: Machine) -> dict[str, set[str]]:
