@@ -382,7 +382,8 @@ def _install_rapi_certificate(cluster: Cluster) -> None:
     subject = master.succeed(f"openssl x509 -in {RAPI_CERT} -noout -subject").strip()
     if not subject.endswith(cluster.plan.fqdn):
         raise ClusterError(f"{cluster.plan.fqdn}: RAPI certificate not installed ({subject})",
-                           "check `gnt-cluster renew-crypto` on the master")
+                           f"check {RAPI_CERT} on the master and the warning above it in the "
+                           "run's log")
 
 
 def readd_node(cluster: Cluster, node: str) -> None:
