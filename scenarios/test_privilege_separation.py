@@ -56,7 +56,8 @@ def test_daemons_run_as_their_own_users(lab_reset: object, cluster: Cluster,
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=privsep.SERIAL_BUG)
 def test_a_job_leaves_the_queue_serial_as_ensure_dirs_wants(cluster: Cluster,
                                                             timings: Timings) -> None:
-    # No reset: ensure-dirs sets the state the test starts from, and the job changes nothing.
+    # No reset: ensure-dirs sets the state the test starts from, and the jobs (a cluster tag
+    # set and taken away) leave the cluster as it was.
     def serial() -> list[str]:
         return [f for f in privsep.file_problems(cluster)
                 if f.startswith(f"{cluster.master.name}: {privsep.JOB_QUEUE_SERIAL}:")]
@@ -65,8 +66,9 @@ def test_a_job_leaves_the_queue_serial_as_ensure_dirs_wants(cluster: Cluster,
         cluster.master.succeed("/usr/lib/ganeti/ensure-dirs")
         if serial():
             pytest.fail(f"ensure-dirs left the serial unlike it wants it: {serial()}")
-    with timings.phase("one job that changes nothing (gnt-debug delay 0)"):
-        cluster.gnt("gnt-debug delay 0", timeout=JOB_TIMEOUT)
+    with timings.phase("a cluster tag set and taken away (two jobs)"):
+        cluster.rapi.add_tags("cluster", None, ["lab-serial"]).wait(timeout=JOB_TIMEOUT)
+        cluster.rapi.delete_tags("cluster", None, ["lab-serial"]).wait(timeout=JOB_TIMEOUT)
     found = serial()
     if found not in ([], [privsep.luxid_serial(cluster)]):
         pytest.fail(f"the serial changed in another way than luxid's: {found}")
