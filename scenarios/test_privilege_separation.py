@@ -59,13 +59,13 @@ def test_a_job_leaves_the_queue_serial_as_ensure_dirs_wants(cluster: Cluster,
     # No reset: ensure-dirs sets the state the test starts from, and the jobs (a cluster tag
     # set and taken away) leave the cluster as it was.
     def serial() -> list[str]:
-        return [f for f in privsep.file_problems(cluster)
+        return [f for f in privsep.file_problems(cluster, [cluster.master])
                 if f.startswith(f"{cluster.master.name}: {privsep.JOB_QUEUE_SERIAL}:")]
 
     with timings.phase("ensure-dirs on the master"):
         cluster.master.succeed("/usr/lib/ganeti/ensure-dirs")
-        if serial():
-            pytest.fail(f"ensure-dirs left the serial unlike it wants it: {serial()}")
+        if left := serial():
+            pytest.fail(f"ensure-dirs left the serial unlike it wants it: {left}")
     with timings.phase("a cluster tag set and taken away (two jobs)"):
         cluster.rapi.add_tags("cluster", None, ["lab-serial"]).wait(timeout=JOB_TIMEOUT)
         cluster.rapi.delete_tags("cluster", None, ["lab-serial"]).wait(timeout=JOB_TIMEOUT)

@@ -44,13 +44,21 @@ FIGURES = (
 )
 
 
-def _get(doc: dict[str, Any], path: str) -> float | None:
+def value_at(doc: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path of a benchmark document (``lab.per_test_reset_seconds``),
+    or None."""
     node: Any = doc
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
             return None
         node = node[part]
-    return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
+    return node
+
+
+def _seconds(doc: dict[str, Any], path: str) -> float | None:
+    value = value_at(doc, path)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
+        else None
 
 
 def default_reference() -> Path | None:
@@ -78,7 +86,7 @@ def compare(doc: dict[str, Any], reference: dict[str, Any], source: str) -> dict
     documents lacks says which."""
     figures: dict[str, Any] = {}
     for f in FIGURES:
-        ours, theirs = _get(doc, f.path), _get(reference, f.path)
+        ours, theirs = _seconds(doc, f.path), _seconds(reference, f.path)
         entry: dict[str, Any] = {"path": f.path, "ours_seconds": ours,
                                  "reference_seconds": theirs}
         if ours is None or theirs is None:
@@ -94,7 +102,7 @@ def compare(doc: dict[str, Any], reference: dict[str, Any], source: str) -> dict
             entry["goal_met"] = None if ours is None else ours <= f.goal
         figures[f.label] = entry
     return {"reference": source, "reference_run_id": reference.get("run_id"),
-            "reference_host": reference.get("host", {}).get("cores"),
+            "reference_cores": reference.get("host", {}).get("cores"),
             "figures": figures}
 
 

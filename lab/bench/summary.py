@@ -13,15 +13,6 @@ from lab.bench import reference
 Row = tuple[str, str]
 
 
-def _get(doc: dict[str, Any], path: str) -> Any:
-    node: Any = doc
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _first_line(text: Any) -> str:
     return str(text).splitlines()[0][:80] if str(text) else ""
 
@@ -41,7 +32,7 @@ def _fmt(seconds: Any, digits: int = 1) -> str | None:
 
 
 def _s(doc: dict[str, Any], path: str) -> str:
-    return _fmt(_get(doc, path)) or _why_missing(doc, path.split(".")[0])
+    return _fmt(reference.value_at(doc, path)) or _why_missing(doc, path.split(".")[0])
 
 
 def _cluster_parts(bootstrap: dict[str, Any] | None) -> str:

@@ -163,13 +163,14 @@ json.dump(bad, sys.stdout)
 """
 
 
-def file_problems(cluster: Cluster) -> list[str]:
-    """Ganeti's files whose owner, group or mode differ from what its ensure-dirs wants."""
+def file_problems(cluster: Cluster, machines: list[Machine] | None = None) -> list[str]:
+    """Ganeti's files whose owner, group or mode differ from what its ensure-dirs wants, on
+    ``machines`` (every node of the cluster when None)."""
     def check(m: Machine) -> list[list[str]]:
         out = m.succeed("PYTHONPATH=/etc/ganeti/share python3 -", input=_FILES_CHECK)
         return list(json.loads(out))
 
-    found = cluster.lab.on_all(check, cluster.nodes)
+    found = cluster.lab.on_all(check, machines or cluster.nodes)
     # Once per file: ensure-dirs lists the queue's serial both by name and in the queue dir.
     return list(dict.fromkeys(f"{node}: {path}: {what}" for node, rows in sorted(found.items())
                               for path, what in rows))
