@@ -13,9 +13,9 @@ from lab.ganeti.instances import InstanceFactory
 
 
 @pytest.fixture
-def instances(cluster: Cluster) -> Iterator[InstanceFactory]:
+def instances(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[InstanceFactory]:
     """Instances with the lab's defaults (`instances.create("plain")`, or `.submit(jobs, ...)`
-    into a JobSet); what the test made is removed after it."""
+    into a JobSet); what the test made is gone before the next test (a snapshot restore)."""
     factory = InstanceFactory(cluster)
     yield factory
-    factory.remove_all()
+    factory.clean_up(by=request.node.nodeid)

@@ -24,7 +24,13 @@ import pytest
 from lab import report, topology
 from lab import secrets as lab_secrets
 from lab.errors import HarnessError, LabError
-from lab.ganeti.bootstrap import clusters_of, current_layout, ensure_layout, layout_snapshot
+from lab.ganeti.bootstrap import (
+    clusters_of,
+    current_layout,
+    ensure_layout,
+    layout_changed,
+    layout_snapshot,
+)
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.health import ensure_healthy
 from lab.ganeti.patches import GanetiPatch
@@ -448,12 +454,12 @@ def lab_reset(request: pytest.FixtureRequest, lab: Lab) -> Lab:
     """Restore the layout's "cluster ready" snapshot before a test that changes state, and
     wait until every cluster is healthy (its RAPI answers)."""
     timings = _state(request.config)["timings"]
-    live = current_layout(lab)
+    live, left = current_layout(lab), layout_changed(lab)
     _layout_ready(request, lab)
     layout = current_layout(lab)
     assert layout is not None
-    if layout != live:
-        return lab  # just restored or formed by the switch: that is the snapshot's state
+    if layout != live or left is not None:
+        return lab  # just restored or formed by ensure_layout: that is the snapshot's state
     with timings.phase(f"reset to {layout_snapshot(lab, layout)}") as phase:
         restore(lab, layout_snapshot(lab, layout))
         for name, c in clusters_of(lab, layout).items():

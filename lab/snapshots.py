@@ -153,8 +153,8 @@ def restore(lab: Lab, name: str, ssh_timeout: float = 180.0) -> Snapshot:
 
 # Files of the lab's state directory that describe the machines' state, so they travel with
 # each snapshot: SSH host keys (Ganeti's node add replaces them) and which cluster layout the
-# machines run (written by lab.ganeti.bootstrap).
-STATE_FILES = ("known_hosts", "layout")
+# machines run, and whether a test left something in it (both written by lab.ganeti.bootstrap).
+STATE_FILES = ("known_hosts", "layout", "layout-changed")
 # What the lab knows of its clusters (RAPI credentials and the pinned certificate, the
 # formation verify): a restore brings back the clusters of that moment, and with them what
 # the lab knew of them. Snapshots saved before this rule have no copy: the current is kept.

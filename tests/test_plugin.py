@@ -690,15 +690,24 @@ def fake_layouts(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
 
     calls: dict[str, list[str]] = {"ensure": [], "restore": [], "collect": []}
     live: dict[str, str | None] = {"layout": None}
+    # A test of the fake lab says it left something in the layout by writing this file.
+    changed = Path("layout-changed")
+
+    def layout_changed(lab: object) -> str | None:
+        return changed.read_text() if changed.exists() else None
 
     def ensure_layout(lab: object, layout: str, timings: object,
                       before_restore: object = None) -> dict[str, object]:
         calls["ensure"].append(layout)
+        if live["layout"] == layout and changed.exists():
+            calls["restore"].append(f"cluster-{layout} ({changed.read_text()})")
+            changed.unlink()
         live["layout"] = layout
         return {}
 
     monkeypatch.setattr(plugin, "ensure_layout", ensure_layout)
     monkeypatch.setattr(plugin, "current_layout", lambda lab: live["layout"])
+    monkeypatch.setattr(plugin, "layout_changed", layout_changed)
     monkeypatch.setattr(plugin, "layout_snapshot", lambda lab, layout: f"cluster-{layout}")
     monkeypatch.setattr(plugin, "restore", lambda lab, name: calls["restore"].append(name))
     monkeypatch.setattr(plugin, "clusters_of", lambda lab, layout: {})
@@ -770,6 +779,31 @@ def test_lab_reset_restores_once(run, pytester, fake_layouts) -> None:
     assert outcomes(run()) == {"passed": 2}
     assert fake_layouts["ensure"] == ["one-cluster", "one-cluster"]
     assert fake_layouts["restore"] == ["cluster-one-cluster"]
+
+
+def test_a_layout_a_test_left_changed_is_restored_once_for_the_next(
+        run, pytester, fake_layouts) -> None:
+    """A test's instances go with a restore: the next test gets one, whether it asked for a
+    reset (restored by the layout's switch, not once more by lab_reset) or not."""
+    pytester.makeconftest(FAKE_LAB_CONFTEST)
+    pytester.makepyfile(test_c="""
+        from pathlib import Path
+
+        def test_pool(lab_reset):
+            Path("layout-changed").write_text("test_pool left instances")
+
+        def test_smoke(lab_reset):
+            pass
+
+        def test_tags(clusters):
+            Path("layout-changed").write_text("test_tags left instances")
+
+        def test_verify(clusters):
+            pass
+    """)
+    assert outcomes(run()) == {"passed": 4}
+    assert fake_layouts["restore"] == ["cluster-one-cluster (test_pool left instances)",
+                                       "cluster-one-cluster (test_tags left instances)"]
 
 
 def test_tests_that_reimage_run_after_every_other_lab_test(run, pytester) -> None:

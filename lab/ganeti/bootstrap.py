@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lab.ganeti")
 
 BOOTED_SNAPSHOT = "booted"
+LAYOUT_CHANGED = "layout-changed"   # in the lab's state directory; see mark_layout_changed
 RAPI_PEM_UPLOAD = "/root/lab-rapi.pem"
 RAPI_CERT = "/var/lib/ganeti/rapi.pem"
 FILE_STORAGE = "/srv/ganeti/file-storage"
@@ -69,6 +70,21 @@ def current_layout(lab: Lab) -> str | None:
     return path.read_text().strip() or None if path.exists() else None
 
 
+def mark_layout_changed(lab: Lab, why: str) -> None:
+    """Say that the live layout now holds what a test left behind (``why``: what, and which
+    test). The next ``ensure_layout`` restores the layout's snapshot first, so a test that
+    asked for no reset still starts from a state an earlier test cleaned up. A restore is
+    seconds; undoing the same through Ganeti is a job per instance, tens of seconds each
+    under emulation."""
+    (lab.dir / LAYOUT_CHANGED).write_text(why.strip() + "\n")
+
+
+def layout_changed(lab: Lab) -> str | None:
+    """What the live layout holds beyond its snapshot (``mark_layout_changed``), or None."""
+    path = lab.dir / LAYOUT_CHANGED
+    return path.read_text().strip() or "changed" if path.exists() else None
+
+
 def clusters_of(lab: Lab, layout: str | None = None) -> dict[str, Cluster]:
     layout = layout or current_layout(lab) or lab.plan.default_layout
     return {cp.name: Cluster(lab, cp) for cp in lab.plan.layouts[layout]}
@@ -84,8 +100,12 @@ def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None =
     if layout not in lab.plan.layouts:
         raise LabError(f"lab {lab.name} has no layout {layout!r}",
                        f"choose one of: {', '.join(lab.plan.layouts)}")
+    left = layout_changed(lab)
     if current_layout(lab) == layout:
-        return clusters_of(lab, layout)
+        if left is None:
+            return clusters_of(lab, layout)
+        log.info("lab %s: layout %s holds what a test left (%s): restoring its snapshot",
+                 lab.name, layout, left)
     if snapshots.has(lab, layout_snapshot(lab, layout)):
         with maybe_phase(timings, f"restore snapshot {layout_snapshot(lab, layout)}"):
             snapshots.restore(lab, layout_snapshot(lab, layout))
@@ -136,6 +156,7 @@ def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None =
 
 def _set_layout(lab: Lab, layout: str | None) -> None:
     (lab.dir / "layout").write_text(layout or "")
+    (lab.dir / LAYOUT_CHANGED).unlink(missing_ok=True)
 
 
 def form_layout(lab: Lab, layout: str, timings: Timings | None = None) -> dict[str, Cluster]:

@@ -16,7 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from lab import snapshots
 from lab.errors import GanetiFailure, LabError
+from lab.ganeti.bootstrap import current_layout, layout_snapshot, mark_layout_changed
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.jobs import JobSet
 from lab.ganeti.rapi import Job, RapiError, instance_creation
@@ -121,7 +123,7 @@ def _on_mounted(path: str, body: str, read_only: bool = False) -> str:
 class InstanceFactory:
     """Instances made with the lab's defaults: a name from the lab's DNS plan, a small disk
     within the instance policy, the lab OS, the fake hypervisor unless told otherwise.
-    ``remove_all`` (the fixture calls it after the test) removes what it made."""
+    ``clean_up`` (the fixture calls it after the test) has what it made removed."""
 
     cluster: Cluster
     made: list[str] = field(default_factory=list)
@@ -201,6 +203,21 @@ class InstanceFactory:
         return name, dict(disk_template=template, disks=disks, nics=[{}], os=os,
                           hypervisor=hypervisor, pnode=pnode, snode=snode,
                           beparams={"memory": memory_mib, "vcpus": 1}, start=start, **extra)
+
+    def clean_up(self, by: str) -> None:
+        """After the test ``by``: leave what this factory made to the next restore of the
+        layout's snapshot when the lab has one (``mark_layout_changed``: a restore is
+        seconds, a removal a Ganeti job per instance); remove it otherwise."""
+        if not self.made:
+            return
+        lab, layout = self.cluster.lab, current_layout(self.cluster.lab)
+        if layout is None or not snapshots.has(lab, layout_snapshot(lab, layout)):
+            self.remove_all()
+            return
+        log.info("%s: %s left for the next restore of %s: %s", self.cluster.name, by,
+                 layout_snapshot(lab, layout), ", ".join(self.made))
+        mark_layout_changed(lab, f"{by} left instances {', '.join(self.made)}")
+        self.made.clear()
 
     def remove_all(self) -> list[str]:
         """Remove every instance this factory made that still exists; returns the names."""

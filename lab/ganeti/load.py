@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from lab import snapshots
 from lab.errors import LabError
-from lab.ganeti.bootstrap import current_layout, layout_snapshot
+from lab.ganeti.bootstrap import current_layout, layout_snapshot, mark_layout_changed
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.health import ensure_healthy
 from lab.ganeti.instances import (
@@ -126,7 +126,8 @@ def kept(cluster: Cluster, factory: InstanceFactory, placed: list[Placed], *,
     its layout's snapshot (the layout formed again since) is built anew.
 
     Call it right after ``lab_reset``: the snapshot is of the whole lab. The instances belong
-    to the kept state, not to ``factory``: the next test's reset takes them away."""
+    to the kept state, not to ``factory``: the next test starts from the layout's snapshot
+    again, asked for a reset or not."""
     lab = cluster.lab
     layout = current_layout(lab)
     if layout is None:
@@ -148,6 +149,8 @@ def kept(cluster: Cluster, factory: InstanceFactory, placed: list[Placed], *,
     with maybe_phase(timings, "place the load", instances=len(placed)) as phase:
         load = place(cluster, factory, placed, phase=phase)
     factory.made.clear()
+    # Saved with the snapshot: whoever restores it holds the load, not the layout's state.
+    mark_layout_changed(lab, f"the load of snapshot {name}")
     record = {"instances": {n: asdict(p) for n, p in load.instances.items()},
               "located": {n: asdict(w) for n, w in load.located.items()}}
     with maybe_phase(timings, f"save snapshot {name}"):
