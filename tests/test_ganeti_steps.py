@@ -58,6 +58,24 @@ def test_changed_params_names_only_what_differs() -> None:
     assert upgrade.changed_params(after, after) == set()
 
 
+def test_the_downgrade_keeps_31s_values_and_puts_xen_cmd_back_as_xl() -> None:
+    """cfgupgrade --downgrade (3.1): 3.1 dropped xen_cmd; going back re-adds it as "xl"."""
+    on_31 = {"kvm": {"disk_discard": "ignore", "acpi": True}, "xen-pvm": {"root_path": "/"},
+             "xen-hvm": {"acpi": True}}
+    back = {"kvm": {"disk_discard": "ignore", "acpi": True},
+            "xen-pvm": {"root_path": "/", "xen_cmd": "xl"},
+            "xen-hvm": {"acpi": True, "xen_cmd": "xl"}}
+    assert upgrade.downgrade_problems(on_31, back) == []
+    back["xen-hvm"]["xen_cmd"] = "xm"
+    back["kvm"]["disk_discard"] = "default"
+    assert upgrade.downgrade_problems(on_31, back) == [
+        "kvm disk_discard: 'default' after the downgrade, 'ignore' expected",
+        "xen-hvm xen_cmd: 'xm' after the downgrade, 'xl' expected"]
+    del back["xen-pvm"]["xen_cmd"]
+    assert "xen-pvm xen_cmd: None after the downgrade, 'xl' expected" in (
+        upgrade.downgrade_problems(on_31, back))
+
+
 def test_a_refused_upgrade_names_the_nodes_and_the_fix() -> None:
     exc = upgrade.UpgradeRefused("c1.lab", "3.1", ["node4.lab"], "…")
     assert "not installed on node4.lab" in str(exc)

@@ -39,6 +39,7 @@ BOOTED_SNAPSHOT = "booted"
 LAYOUT_CHANGED = "layout-changed"   # in the lab's state directory; see mark_layout_changed
 RAPI_PEM_UPLOAD = "/root/lab-rapi.pem"
 RAPI_CERT = "/var/lib/ganeti/rapi.pem"
+NONLOCAL_BIND_SYSCTL = "/etc/sysctl.d/60-ganeti-lab-rapi.conf"
 FILE_STORAGE = "/srv/ganeti/file-storage"
 EMULATION_MAX_RUNNING_JOBS = 1
 # Small instances keep CI short; bounds still allow production-sized ones.
@@ -324,11 +325,16 @@ def _limit_running_jobs_under_emulation(cluster: Cluster) -> None:
 
 
 def _rapi_on_cluster_ip(cluster: Cluster, m: Machine) -> None:
-    """Debian's default binds RAPI to loopback only; clients come from the lab network.
-    Set after init: the cluster IP exists only once the master has activated it."""
+    """Debian's default binds RAPI to loopback only; clients come from the lab network, to
+    the cluster IP. A node taking the master role (`gnt-cluster master-failover`) starts RAPI
+    before the cluster IP is up on it, and a bind to an address the node lacks fails
+    ("Cannot assign requested address"), failing the whole master start: every node may
+    bind to addresses it does not hold yet (``ip_nonlocal_bind``, as for any floating IP)."""
     m.succeed("sed -i '/^RAPI_ARGS=/d' /etc/default/ganeti && "
               f"echo 'RAPI_ARGS=\"-b {cluster.plan.ip} --require-authentication\"' "
-              ">> /etc/default/ganeti")
+              ">> /etc/default/ganeti && "
+              f"echo 'net.ipv4.ip_nonlocal_bind = 1' > {NONLOCAL_BIND_SYSCTL} && "
+              "sysctl -q -w net.ipv4.ip_nonlocal_bind=1")
 
 
 def shared_storage_dir(cp: ClusterPlan) -> str:

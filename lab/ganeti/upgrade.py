@@ -39,9 +39,13 @@ _APT = ("DEBIAN_FRONTEND=noninteractive apt-get -q -y " + _LAB_REPO_ONLY
         + " -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
 _APT_CACHE = "apt-cache " + _LAB_REPO_ONLY
 _NOT_INSTALLED = re.compile(r"Ganeti version (\S+) not installed on nodes (.+)")
-# What 3.1's configuration upgrade changes for good (NEWS, LAB-NOTES "Offline upgrade"): the
-# kvm hypervisor's disk_discard and xen's xen_cmd defaults; the downgrade keeps them.
+# What 3.1's configuration upgrade changes for good (NEWS, LAB-NOTES "Offline upgrade",
+# lib/tools/cfgupgrade.py): the kvm hypervisor's disk_discard "default" becomes "ignore" (3.1
+# has no "default"), and the xen hypervisors' xen_cmd is dropped (3.1 knows only xl). The
+# downgrade keeps disk_discard and puts xen_cmd back as "xl", where 3.0 started with "xm".
 CHANGED_BY_31 = frozenset({"disk_discard", "xen_cmd"})
+XEN_CMD_AFTER_DOWNGRADE = "xl"
+XEN_HYPERVISORS = frozenset({"xen-pvm", "xen-hvm"})
 
 
 class UpgradeRefused(GanetiFailure):
@@ -180,6 +184,23 @@ def start_and_kill(cluster: Cluster, series: str, at: str = "Switching to versio
 
 def cluster_hvparams(cluster: Cluster) -> dict[str, dict[str, Any]]:
     return dict(cluster.rapi.info()["hvparams"])
+
+
+def downgrade_problems(on_31: dict[str, dict[str, Any]], back: dict[str, dict[str, Any]]
+                       ) -> list[str]:
+    """How the hypervisor parameters after `gnt-cluster upgrade --to=3.0` differ from what
+    cfgupgrade's downgrade makes of 3.1's: every value kept, and xen_cmd back as "xl" for each
+    xen hypervisor 3.1 had parameters for. One line per difference."""
+    problems = []
+    for hv in sorted(set(on_31) | set(back)):
+        old, new = on_31.get(hv, {}), back.get(hv, {})
+        re_added = {"xen_cmd"} if hv in XEN_HYPERVISORS and hv in on_31 else set()
+        for key in sorted(set(old) | set(new) | re_added):
+            wanted = XEN_CMD_AFTER_DOWNGRADE if key in re_added else old.get(key)
+            if new.get(key) != wanted:
+                problems.append(f"{hv} {key}: {new.get(key)!r} after the downgrade, "
+                                f"{wanted!r} expected")
+    return problems
 
 
 def changed_params(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]
