@@ -211,11 +211,12 @@ class InstanceFactory:
         if not self.made:
             return
         lab, layout = self.cluster.lab, current_layout(self.cluster.lab)
-        if layout is None or not snapshots.has(lab, layout_snapshot(lab, layout)):
+        snapshot = layout_snapshot(lab, layout) if layout is not None else None
+        if snapshot is None or not snapshots.has(lab, snapshot):
             self.remove_all()
             return
         log.info("%s: %s left for the next restore of %s: %s", self.cluster.name, by,
-                 layout_snapshot(lab, layout), ", ".join(self.made))
+                 snapshot, ", ".join(self.made))
         mark_layout_changed(lab, f"{by} left instances {', '.join(self.made)}")
         self.made.clear()
 
