@@ -48,6 +48,7 @@ class MachinePlan:
     initrd: str = ""
     cmdline: str = ""
     seed: str = ""  # pool volume with the machine's host keys (lab.hostkeys); "" in old plans
+    disk_cache: str = "unsafe"  # libvirt cache mode of the data disks (lab.topology)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ def plan(
     machines = [
         MachinePlan(
             name=m.name, role=m.role, fqdn=f"{m.name}.{DOMAIN}", cpus=m.cpus,
-            memory_mib=m.memory_mib, disks_gib=list(m.disks_gib),
+            memory_mib=m.memory_mib, disks_gib=list(m.disks_gib), disk_cache=m.disk_cache,
             mgmt_ip=str(mgmt[FIRST_MACHINE_HOST + m.index]), mgmt_mac=_mac(mgmt, 0, m.index),
             lab_ip=str(labnet[FIRST_MACHINE_HOST + m.index]), lab_mac=_mac(mgmt, 1, m.index),
             domain=f"{prefix}{m.name}",

@@ -51,17 +51,22 @@ MAX_CPUS = 16
 MAX_MEMORY_MIB = 262144
 MAX_DISK_GIB = 4096
 
+# libvirt's cache modes for a machine's data disks. "unsafe" (the default) keeps guest writes in
+# the host's page cache: fast, and a lab is disposable. "none" and "directsync" make every
+# write reach the host's disk, for scenarios that measure real I/O pressure.
+DISK_CACHE_MODES = ("unsafe", "writeback", "writethrough", "none", "directsync")
 MACHINE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "service": {"cpus": 1, "memory": 768, "disks": []},
-    "hypervisor": {"cpus": 1, "memory": 1536, "disks": [24]},
+    "service": {"cpus": 1, "memory": 768, "disks": [], "disk_cache": "unsafe"},
+    "hypervisor": {"cpus": 1, "memory": 1536, "disks": [24], "disk_cache": "unsafe"},
 }
+MACHINE_SETTINGS = ("cpus", "memory", "disks", "disk_cache")
 KEYS = {
     "": {"lab", "networks", "defaults", "machines", "layouts"},
     "lab": {"name", "default_layout", "description"},
     "network": {"role", "subnet"},
     "defaults": set(ROLES),
-    "defaults.role": {"cpus", "memory", "disks"},
-    "machine": {"role", "cpus", "memory", "disks"},
+    "defaults.role": set(MACHINE_SETTINGS),
+    "machine": {"role", *MACHINE_SETTINGS},
     "cluster": {"nodes", "disk_templates", "hypervisors", "vg_name", "version"},
 }
 
@@ -89,6 +94,7 @@ class MachineSpec:
     memory_mib: int
     disks_gib: tuple[int, ...]
     index: int  # position in the file; fixes the machine's addresses
+    disk_cache: str = "unsafe"  # libvirt cache mode of the data disks (DISK_CACHE_MODES)
 
 
 @dataclass(frozen=True)
@@ -506,7 +512,14 @@ def _networks(c: _Checker, table: Any) -> list[Network]:
 
 
 def _machine_value(c: _Checker, where: str, key: str, value: Any, role: str) -> Any:
-    """A checked machine setting (cpus, memory, disks), or None when it was reported."""
+    """A checked machine setting (cpus, memory, disks, disk_cache), or None when it was
+    reported."""
+    if key == "disk_cache":
+        if value not in DISK_CACHE_MODES:
+            c.add(where, f"{value!r} is not a libvirt cache mode; choose one of: "
+                         f"{', '.join(DISK_CACHE_MODES)}")
+            return None
+        return value
     if key == "cpus":
         return c.integer(where, value, 1, MAX_CPUS)
     if key == "memory":
@@ -552,7 +565,8 @@ def _machines(c: _Checker, table: Any, defaults: dict[str, dict[str, Any]]) -> l
         before = len(c.problems)
         c.name(where, name, dns=True)
         if not isinstance(spec, dict):
-            c.add(where, f"must be a table with `role` (and cpus, memory, disks), not {spec!r}")
+            c.add(where, "must be a table with `role` (and cpus, memory, disks, disk_cache), "
+                         f"not {spec!r}")
             spec = {}
             role = "unknown"
         else:
@@ -563,14 +577,15 @@ def _machines(c: _Checker, table: Any, defaults: dict[str, dict[str, Any]]) -> l
                 role = "unknown"
         values = {**defaults.get(role, MACHINE_DEFAULTS["hypervisor"]), **spec}
         checked = {key: _machine_value(c, f"{where}.{key}", key, values[key], role)
-                   for key in ("cpus", "memory", "disks")}
+                   for key in MACHINE_SETTINGS}
         if len(c.problems) > before:
             c.faulty.add(name)
         # A machine with a bad value is kept (with placeholders) so that references to it
         # do not produce follow-on errors: the user sees the one real fault.
         result.append(MachineSpec(name, role, checked["cpus"] or 1,
                               checked["memory"] or MIN_MEMORY_MIB.get(role, 512),
-                              tuple(checked["disks"] or ()), index))
+                              tuple(checked["disks"] or ()), index,
+                              checked["disk_cache"] or "unsafe"))
     services = [m.name for m in result if m.role == "service"]
     # A machine of unknown role may be the service meant: its role is reported already.
     if result and len(services) != 1 and all(m.role in ROLES for m in result):

@@ -6,8 +6,11 @@ once; all at once with opportunistic locking; one multi-allocation request; plac
 all on one node and one volume group), recording per job the submit latency, queue wait, run
 time and outcome with Ganeti's reason, and per mode the time to first and last success and
 instances per minute; remove them before the next mode. Then, one labelling case at a time,
-let hail place instances and record where they landed. The report's "Creation modes" and
-"Placement by hail" tables hold the figures.
+let hail place instances and record where they landed. Last, ext4's lazy initialisation
+against eager: instances made one by one on one node, each filesystem mounted as its first
+boot would, on the session's lab (the host's page cache absorbs the writes) and on a lab whose
+volume group's disk is uncached (every write reaches the host's disk). The report's "Creation
+modes", "Placement by hail" and "ext4 initialisation" tables hold the figures.
 """
 
 from __future__ import annotations
@@ -16,16 +19,23 @@ from collections.abc import Iterator
 
 import pytest
 
-from lab.ganeti import bulk
+from lab import topology
+from lab.bringup import bring_up
+from lab.ganeti import bulk, lazy_init
+from lab.ganeti.bootstrap import form_layout
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.instances import InstanceFactory
 from lab.ganeti.rapi import JobFailed
+from lab.images import ImageStore
+from lab.lab import Lab, destroy
 from lab.pytest_plugin import SizeProfile
 from lab.timings import Timings
 
 CI_ROOM = "longer than the room CI has left under emulation (README, What CI runs)"
 pytestmark = [pytest.mark.lab(layout="one-cluster"), pytest.mark.nightly(reason=CI_ROOM)]
 MODES_TABLE, PLACEMENT_TABLE = "Creation modes", "Placement by hail"
+INIT_TABLE = "ext4 initialisation"
+UNCACHED_TOPOLOGY, UNCACHED_LAB = "tiny-uncached", "uncached"
 # hail counts vCPUs against the nodes' CPUs (ipolicy vcpu-ratio, 4 upstream); the lab's
 # nodes have one or two, so a few one-vCPU instances would already fail with FailCPU.
 VCPU_RATIO = 32
@@ -103,3 +113,59 @@ def test_default_iallocator_params_from_the_command_line(
     except JobFailed as exc:
         assert "can only concatenate str (not \"bool\") to str" in str(exc), exc
         raise
+
+
+def _lazy_against_eager(factory: InstanceFactory, timings: Timings, count: int,
+                        disk_mib: int) -> dict[str, lazy_init.Series]:
+    """Both lab OS variants one after the other on the factory's cluster, each a row of the
+    report's table; each series' instances removed before the next."""
+    found = {}
+    for variant in lazy_init.VARIANTS:
+        with timings.phase(f"{count} x lab+{variant} one by one on one node",
+                           table=INIT_TABLE) as phase:
+            series = lazy_init.series(factory, variant, count, disk_mib=disk_mib)
+            for key, value in series.figures().items():
+                phase.metric(key, value)
+        found[variant] = series
+        with timings.phase(f"remove the lab+{variant} instances"):
+            factory.remove_all()
+    eager, lazy = found["eager"], found["lazy"]
+    assert not [c.outcome.reason for s in found.values() for c in s.creations
+                if not c.outcome.ok]
+    # Each variant is what it says: eager zeroes every inode table before mkfs returns; lazy
+    # leaves them, and the kernel zeroes them once the filesystem is mounted.
+    assert sum(c.zeroed_at_creation for c in eager.creations) == eager.groups_total > 0
+    assert sum(c.zeroed_at_creation for c in lazy.creations) < lazy.groups_total
+    assert lazy.zeroed_after_idle > sum(c.zeroed_at_creation for c in lazy.creations)
+    eager_later = eager.figures()["later runs median s"]
+    lazy_later = lazy.figures()["later runs median s"]
+    with timings.phase("lazy against eager", table=INIT_TABLE) as phase:
+        phase.metric("disk cache", lazy.disk_cache)
+        phase.metric("lazy later / eager later", round(lazy_later / eager_later, 2)
+                     if isinstance(lazy_later, float) and isinstance(eager_later, float)
+                     and eager_later else None)
+    return found
+
+
+def test_ext4_lazy_or_eager_on_the_session_lab(lab_reset: object, cluster: Cluster,
+                                               instances: InstanceFactory, timings: Timings,
+                                               lab_profile: SizeProfile) -> None:
+    _lazy_against_eager(instances, timings, lab_profile.pick(small=3, full=8), disk_mib=256)
+
+
+@pytest.mark.nightly(reason="boots and bootstraps a tiny lab of its own with an uncached "
+                            "data disk (about 5 minutes before the measurement)")
+def test_ext4_lazy_or_eager_with_every_write_on_the_host_disk(
+        lab_host: ImageStore, timings: Timings, lab_profile: SizeProfile) -> None:
+    destroy(UNCACHED_LAB, force=True)
+    lab = Lab.prepare(topology.load(UNCACHED_TOPOLOGY), UNCACHED_LAB, lab_host)
+    try:
+        with timings.phase(f"{UNCACHED_TOPOLOGY} lab up and its cluster formed"):
+            bring_up(lab)
+            solo = form_layout(lab, "single")["solo"]
+        assert lab.plan.machine("node1").disk_cache == "none"
+        factory = InstanceFactory(solo)
+        _lazy_against_eager(factory, timings, lab_profile.pick(small=3, full=10),
+                            disk_mib=lab_profile.pick(small=256, full=1024))
+    finally:
+        lab.destroy()

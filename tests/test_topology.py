@@ -175,7 +175,8 @@ def test_toml_syntax_error() -> None:
 def test_unknown_key_suggests_the_right_one() -> None:
     machines = MACHINES.replace("memory = 512\n", "memroy = 512\n", 1)
     only(problems(toml(machines=machines)), "machines.node1.memroy",
-         "unknown key", "did you mean 'memory'?", "allowed: cpus, disks, memory, role")
+         "unknown key", "did you mean 'memory'?",
+         "allowed: cpus, disk_cache, disks, memory, role")
 
 
 def test_unknown_top_level_key() -> None:
@@ -202,6 +203,15 @@ def test_cpus_boolean_is_not_an_integer() -> None:
 def test_memory_below_role_minimum() -> None:
     only(problems(toml(extra=SPARE.replace("512", "256"))), "machines.node3.memory",
          "256 is out of range 512..")
+
+
+def test_disk_cache_is_unsafe_unless_a_machine_or_role_default_says_otherwise() -> None:
+    t = parse(toml(extra="[defaults.hypervisor]\ndisk_cache = \"none\"\n"
+                         + SPARE + 'disk_cache = "directsync"\n'), "t.toml", BIG_HOST)
+    caches = {m.name: m.disk_cache for m in t.machines}
+    assert caches == {"service": "unsafe", "node1": "none", "node2": "none",
+                      "node3": "directsync"}, caches
+    assert {m.disk_cache for m in parse(toml(), "t.toml", BIG_HOST).machines} == {"unsafe"}
 
 
 def test_disks_of_wrong_type() -> None:
@@ -680,6 +690,10 @@ BAD_TOPOLOGIES: list[tuple[str, str | bytes, str]] = [
      "machines.node3.memory: must be an integer, not True"),
     ("disk-size-string", _spare('disks = ["24"]\n'), "machines.node3.disks[0]: must be an integer"),
     ("disk-too-big", _spare("disks = [5000]\n"), "machines.node3.disks[0]: 5000 is out of range"),
+    ("disk-cache-unknown", _spare('disk_cache = "fast"\n'),
+     "machines.node3.disk_cache: 'fast' is not a libvirt cache mode; choose one of: unsafe,"),
+    ("defaults-disk-cache-bool", toml(extra="[defaults.hypervisor]\ndisk_cache = true\n"),
+     "defaults.hypervisor.disk_cache: True is not a libvirt cache mode"),
     ("machine-role-int", toml(extra=SPARE.replace('"hypervisor"', "5")),
      "machines.node3.role: 5 is not one of: service, hypervisor"),
     ("machine-named-instance", _spare("", "inst5"), "machines.inst5: 'inst5' is reserved"),

@@ -54,7 +54,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{topo.memory_mib} MiB (host: {host} MiB, {topology.HOST_MEMORY_RESERVE_MIB} MiB "
         f"kept for it, {running} MiB used by running labs)")
     table([[m.name, m.role, f"{m.cpus} vCPU", f"{m.memory_mib} MiB",
-            "disks: " + (", ".join(f"{d} GiB" for d in m.disks_gib) or "none")]
+            "disks: " + (", ".join(f"{d} GiB" for d in m.disks_gib) or "none")
+            + (f" (cache {m.disk_cache})" if m.disks_gib and m.disk_cache != "unsafe" else "")]
            for m in topo.machines])
     out("networks:")
     table([[n.name, n.role, str(n.subnet) if n.subnet else "auto (leased at up)"]
