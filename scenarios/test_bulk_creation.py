@@ -36,22 +36,28 @@ pytestmark = [pytest.mark.lab(layout="one-cluster"), pytest.mark.nightly(reason=
 MODES_TABLE, PLACEMENT_TABLE = "Creation modes", "Placement by hail"
 INIT_TABLE = "ext4 initialisation"
 UNCACHED_TOPOLOGY, UNCACHED_LAB = "tiny-uncached", "uncached"
-# hail counts vCPUs against the nodes' CPUs (ipolicy vcpu-ratio, 4 upstream); the lab's
-# nodes have one or two, so a few one-vCPU instances would already fail with FailCPU.
-VCPU_RATIO = 32
 
 
 @pytest.fixture
 def roomy(cluster: Cluster) -> Iterator[Cluster]:
     """The cluster with room for many one-vCPU instances per node (logged)."""
-    cluster.gnt(f"gnt-cluster modify --ipolicy-vcpu-ratio={VCPU_RATIO}")
+    bulk.make_room(cluster)
     yield cluster
+
+
+def _start_over(instances: InstanceFactory, timings: Timings, why: str) -> None:
+    """The next mode or case starts from the empty cluster again: the layout's snapshot
+    restored (seconds; removing each instance is a Ganeti job), the room made again."""
+    with timings.phase(f"start over after {why}") as phase:
+        phase.metric("how", instances.start_over(why))
+        bulk.make_room(instances.cluster)
 
 
 def test_creation_modes_side_by_side(lab_reset: object, roomy: Cluster,
                                      instances: InstanceFactory, timings: Timings,
                                      lab_profile: SizeProfile) -> None:
     count = lab_profile.pick(small=2, full=50)
+    limit = roomy.rapi.info().get("max_running_jobs")
     for mode in bulk.MODES:
         with timings.phase(f"create {count} {mode}", table=MODES_TABLE) as phase:
             created = bulk.create(instances, mode, count)
@@ -59,6 +65,7 @@ def test_creation_modes_side_by_side(lab_reset: object, roomy: Cluster,
                 phase.metric(key, value)
             for node, held in bulk.placement(roomy, created.names).items():
                 phase.metric(f"on {node.split('.')[0]}", held)
+            phase.metric("max running jobs", limit)
             created.jobs.record(phase)
         # Every job ended; a failure carries Ganeti's reason.
         assert all(o.final for o in created.jobs.outcomes)
@@ -66,8 +73,7 @@ def test_creation_modes_side_by_side(lab_reset: object, roomy: Cluster,
         if mode == bulk.ONE_NODE:
             assert bulk.placement(roomy, created.succeeded)[roomy.plan.nodes[0]] == len(
                 created.succeeded)
-        with timings.phase(f"remove the {mode} instances"):
-            instances.remove_all()
+        _start_over(instances, timings, f"the {mode} instances")
         assert roomy.rapi.instances() == []
     with timings.phase("gnt-cluster verify"):
         verify = roomy.verify()
@@ -80,8 +86,8 @@ def test_labels_steer_hail(lab_reset: object, roomy: Cluster, instances: Instanc
     # One more than there are nodes: the exclusion case must refuse the last one.
     count = lab_profile.pick(small=len(nodes) + 1, full=4 * len(nodes))
     for case in bulk.LABEL_CASES:
-        with bulk.labelled(roomy, case) as labels, timings.phase(
-                f"hail places {count} with {case}", table=PLACEMENT_TABLE) as phase:
+        labels = bulk.apply_labels(roomy, case)
+        with timings.phase(f"hail places {count} with {case}", table=PLACEMENT_TABLE) as phase:
             # One by one: hail sees every earlier instance where it landed.
             created = bulk.create(instances, bulk.ONE_BY_ONE, count, iallocator=bulk.HAIL,
                                   tags=list(labels.instance_tags))
@@ -98,7 +104,8 @@ def test_labels_steer_hail(lab_reset: object, roomy: Cluster, instances: Instanc
             assert all("FailTags" in (o.reason or "") for o in failed), failed
         else:
             assert not created.jobs.failures(), created.jobs.failures()
-        instances.remove_all()
+        # The restore takes the labels off with the instances.
+        _start_over(instances, timings, case)
 
 
 @pytest.mark.xfail(strict=True, raises=JobFailed, reason=(
@@ -127,8 +134,8 @@ def _lazy_against_eager(factory: InstanceFactory, timings: Timings, count: int,
             for key, value in series.figures().items():
                 phase.metric(key, value)
         found[variant] = series
-        with timings.phase(f"remove the lab+{variant} instances"):
-            factory.remove_all()
+        with timings.phase(f"start over after the lab+{variant} instances") as phase:
+            phase.metric("how", factory.start_over(f"the lab+{variant} series"))
     eager, lazy = found["eager"], found["lazy"]
     assert not [c.outcome.reason for s in found.values() for c in s.creations
                 if not c.outcome.ok]

@@ -59,15 +59,17 @@ def rack2(clusters: dict[str, Cluster]) -> Cluster:
 
 
 @pytest.fixture
-def made(clusters: dict[str, Cluster]) -> Iterator[dict[str, InstanceFactory]]:
+def made(request: pytest.FixtureRequest,
+         clusters: dict[str, Cluster]) -> Iterator[dict[str, InstanceFactory]]:
     """An instance factory per cluster, names free on both; what is left of the instances
-    the test made is removed from wherever it ended up."""
+    the test made, wherever it ended up, goes with the next restore of the layout's snapshot
+    (or is removed from both clusters when the lab has none)."""
     factories = {name: InstanceFactory(c, neighbours=[o for o in clusters.values() if o is not c])
                  for name, c in clusters.items()}
     yield factories
     names = [n for f in factories.values() for n in f.made]
     for c in clusters.values():
-        InstanceFactory(c, made=list(names)).remove_all()
+        InstanceFactory(c, made=list(names)).clean_up(by=request.node.nodeid)
 
 
 def record(phase: Phase, figures: MoveFigures) -> None:

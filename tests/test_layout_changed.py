@@ -114,3 +114,24 @@ def test_a_factory_that_made_nothing_changes_nothing(tmp_path: Path,
     factory.made.clear()
     factory.clean_up(by="test_pool")
     assert factory.removed == [] and bootstrap.layout_changed(lab) is None  # type: ignore[arg-type]
+
+
+def test_starting_over_restores_the_snapshot_once_and_forgets_the_rapi_session(
+        tmp_path: Path, restores: list[str]) -> None:
+    lab = _lab(tmp_path)
+    snapshots._keep_state_files(lab, SNAPSHOT)  # type: ignore[arg-type]
+    factory = _factory(lab)
+    forgotten: list[bool] = []
+    factory.cluster.forget_rapi = lambda: forgotten.append(True)  # type: ignore[method-assign]
+    assert factory.start_over("the one by one instances") == "restored"
+    assert restores == [SNAPSHOT] and forgotten == [True]
+    assert factory.removed == [] and factory.made == []
+    assert bootstrap.layout_changed(lab) is None  # type: ignore[arg-type]
+
+
+def test_starting_over_without_a_snapshot_removes_the_instances(
+        tmp_path: Path, restores: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(snapshots, "has", lambda lab, name: False)
+    factory = _factory(_lab(tmp_path))
+    assert factory.start_over("the one by one instances") == "removed"
+    assert factory.removed == [["inst1.lab", "inst2.lab"]] and restores == []

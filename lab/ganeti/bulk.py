@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lab.errors import LabError
 from lab.ganeti.cluster import Cluster
@@ -25,6 +25,9 @@ log = logging.getLogger("lab.ganeti.bulk")
 
 HAIL = "hail"
 JOB_TIMEOUT = 3600.0
+# hail counts vCPUs against the nodes' CPUs (ipolicy vcpu-ratio, 4 upstream); the lab's
+# nodes have one or two, so a few one-vCPU instances would already fail with FailCPU.
+VCPU_RATIO = 32
 
 # How the creations are submitted, and how their nodes are chosen.
 ONE_BY_ONE = "one by one"                      # submit, wait, next; nodes in turn
@@ -91,6 +94,12 @@ def create(factory: InstanceFactory, mode: str, count: int, *, template: str = "
     return Created(mode, names, jobs)
 
 
+def make_room(cluster: Cluster) -> None:
+    """Let the cluster hold many one-vCPU instances per node (the instance policy's
+    vcpu-ratio raised to ``VCPU_RATIO``, logged with the command)."""
+    cluster.gnt(f"gnt-cluster modify --ipolicy-vcpu-ratio={VCPU_RATIO}")
+
+
 def placement(cluster: Cluster, names: list[str]) -> dict[str, int]:
     """How many of ``names`` each node of the cluster holds as primary (every node listed)."""
     wanted = set(names)
@@ -116,51 +125,67 @@ class Labelling:
     case: str
     node: str | None = None             # the node the case sets apart, if any
     instance_tags: tuple[str, ...] = ()  # tags each new instance gets
+    role_before: str = "regular"        # the set-apart node's role before the case
+    tags: list[tuple[str, str | None, list[str]]] = field(default_factory=list)  # put on
 
 
-@contextmanager
-def labelled(cluster: Cluster, case: str, node: str | None = None) -> Iterator[Labelling]:
-    """Apply one labelling case to ``cluster`` for the enclosed block, then take it off.
-    ``node`` (default: the last node) is the one a node-level case sets apart; the location
-    case gives the first half of the nodes the tag ``rack:a``, the rest ``rack:b``."""
+def apply_labels(cluster: Cluster, case: str, node: str | None = None) -> Labelling:
+    """Apply one labelling case to ``cluster``; ``remove_labels`` (or a restore of the
+    layout's snapshot) takes it off. ``node`` (default: the last node) is the one a node-level
+    case sets apart; the location case gives the first half of the nodes the tag ``rack:a``,
+    the rest ``rack:b``."""
     if case not in LABEL_CASES:
         raise LabError(f"no labelling case {case!r}", f"choose one of: {', '.join(LABEL_CASES)}")
     rapi, nodes = cluster.rapi, cluster.plan.nodes
     node = node or nodes[-1]
-    undo: list[tuple[str, str | None, list[str]]] = []
-    labelling = Labelling(case)
-    role_before = rapi.node_role(node)
+    labelling = Labelling(case, role_before=rapi.node_role(node))
+    if case == LOCATION:
+        tag = f"htools:nlocation:{LOCATION_PREFIX}"
+        rapi.add_tags("cluster", None, [tag]).wait()
+        labelling.tags.append(("cluster", None, [tag]))
+        half = len(nodes) // 2
+        for i, n in enumerate(nodes):
+            node_tag = f"{LOCATION_PREFIX}:{'a' if i < half else 'b'}"
+            rapi.add_tags("node", n, [node_tag]).wait()
+            labelling.tags.append(("node", n, [node_tag]))
+    elif case == EXCLUSION:
+        tag = f"htools:iextags:{EXCLUSION_PREFIX}"
+        rapi.add_tags("cluster", None, [tag]).wait()
+        labelling.tags.append(("cluster", None, [tag]))
+        labelling.instance_tags = (f"{EXCLUSION_PREFIX}:web",)
+    elif case in (DRAINED, OFFLINE):
+        labelling.node = node
+        role = "drained" if case == DRAINED else "offline"
+        rapi.set_node_role(node, role, force=True).wait(timeout=900)
+    elif case == NOT_VM_CAPABLE:
+        labelling.node = node
+        cluster.gnt(f"gnt-node modify --vm-capable=no {node}")
+    log.info("%s: labelled: %s%s", cluster.name, case, f" ({node})" if labelling.node else "")
+    return labelling
+
+
+def remove_labels(cluster: Cluster, labelling: Labelling) -> None:
+    """Take off what ``apply_labels`` put on."""
+    rapi = cluster.rapi
+    for kind, name, tags in reversed(labelling.tags):
+        rapi.delete_tags(kind, name, tags).wait()
+    node = labelling.node
+    if node is not None and labelling.case in (DRAINED, OFFLINE):
+        rapi.set_node_role(node, labelling.role_before, force=True).wait(timeout=900)
+    elif node is not None and labelling.case == NOT_VM_CAPABLE:
+        cluster.gnt(f"gnt-node modify --vm-capable=yes {node}")
+
+
+@contextmanager
+def labelled(cluster: Cluster, case: str, node: str | None = None) -> Iterator[Labelling]:
+    """One labelling case on ``cluster`` for the enclosed block (``apply_labels``), taken
+    off again afterwards."""
+    labelling = apply_labels(cluster, case, node)
     try:
-        if case == LOCATION:
-            tag = f"htools:nlocation:{LOCATION_PREFIX}"
-            rapi.add_tags("cluster", None, [tag]).wait()
-            undo.append(("cluster", None, [tag]))
-            half = len(nodes) // 2
-            for i, n in enumerate(nodes):
-                node_tag = f"{LOCATION_PREFIX}:{'a' if i < half else 'b'}"
-                rapi.add_tags("node", n, [node_tag]).wait()
-                undo.append(("node", n, [node_tag]))
-        elif case == EXCLUSION:
-            tag = f"htools:iextags:{EXCLUSION_PREFIX}"
-            rapi.add_tags("cluster", None, [tag]).wait()
-            undo.append(("cluster", None, [tag]))
-            labelling.instance_tags = (f"{EXCLUSION_PREFIX}:web",)
-        elif case in (DRAINED, OFFLINE):
-            labelling.node = node
-            role = "drained" if case == DRAINED else "offline"
-            rapi.set_node_role(node, role, force=True).wait(timeout=900)
-        elif case == NOT_VM_CAPABLE:
-            labelling.node = node
-            cluster.gnt(f"gnt-node modify --vm-capable=no {node}")
-        log.info("%s: labelled: %s%s", cluster.name, case, f" ({node})" if labelling.node else "")
         yield labelling
     finally:
-        for kind, name, tags in reversed(undo):
-            rapi.delete_tags(kind, name, tags).wait()
-        if case in (DRAINED, OFFLINE):
-            rapi.set_node_role(node, role_before, force=True).wait(timeout=900)
-        elif case == NOT_VM_CAPABLE:
-            cluster.gnt(f"gnt-node modify --vm-capable=yes {node}")
+        remove_labels(cluster, labelling)
 
 
-__all__ = ["LABEL_CASES", "MODES", "Created", "Labelling", "create", "labelled", "placement"]
+__all__ = ["LABEL_CASES", "MODES", "Created", "Labelling", "apply_labels", "create",
+           "labelled", "make_room", "placement", "remove_labels"]

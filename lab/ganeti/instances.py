@@ -18,7 +18,12 @@ from typing import Any
 
 from lab import snapshots
 from lab.errors import GanetiFailure, LabError
-from lab.ganeti.bootstrap import current_layout, layout_snapshot, mark_layout_changed
+from lab.ganeti.bootstrap import (
+    current_layout,
+    ensure_layout,
+    layout_snapshot,
+    mark_layout_changed,
+)
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.jobs import JobSet
 from lab.ganeti.rapi import Job, RapiError, instance_creation
@@ -219,6 +224,24 @@ class InstanceFactory:
                  snapshot, ", ".join(self.made))
         mark_layout_changed(lab, f"{by} left instances {', '.join(self.made)}")
         self.made.clear()
+
+    def start_over(self, why: str) -> str:
+        """The cluster as its layout's snapshot holds it, with none of this factory's
+        instances: the snapshot restored (seconds) where the lab has one, else the instances
+        removed through Ganeti. A restore also undoes every other change since the snapshot
+        (cluster settings, tags, node roles): the caller applies again what it needs.
+        Returns how: "restored" or "removed"."""
+        lab, layout = self.cluster.lab, current_layout(self.cluster.lab)
+        snapshot = layout_snapshot(lab, layout) if layout is not None else None
+        if snapshot is None or not snapshots.has(lab, snapshot):
+            self.remove_all()
+            return "removed"
+        mark_layout_changed(lab, why)
+        ensure_layout(lab, layout)
+        self.made.clear()
+        # The restore took the guests' TCP state back: the RAPI session starts afresh.
+        self.cluster.forget_rapi()
+        return "restored"
 
     def remove_all(self) -> list[str]:
         """Remove every instance this factory made that still exists; returns the names."""
