@@ -551,6 +551,10 @@ def test_job_set_follows_a_multi_allocation(fake: FakeRapi, client: RapiClient) 
     assert (outcomes["b.lab"].status, outcomes["b.lab"].reason) == ("submit-failed",
                                                                    "job queue full")
     assert outcomes["c.lab"].status == "not-allocated"
+    # Four entries (the parent, one creation job, two refusals); the work is the three
+    # instances, of which one was made: the parent's success is not an instance's.
+    summary = jobs.summary()
+    assert (summary["jobs"], summary["succeeded"], summary["failed"]) == (4, 1, 2)
 
 
 def test_job_set_is_safe_from_many_threads(fake: FakeRapi, client: RapiClient,

@@ -58,6 +58,9 @@ class JobOutcome:
     finished_at: float | None = None       # wall clock, when the set saw it final
     reason: str | None = None              # why it failed, as Ganeti says it
     result: list[Any] = field(default_factory=list)
+    # A multi-allocation job whose children (the creations) joined the set: it counts as a
+    # job, not as a piece of the set's work.
+    spawned: bool = False
 
     @property
     def ok(self) -> bool:
@@ -160,6 +163,7 @@ class JobSet:
 
     def _expand_multi_alloc(self, parent: JobOutcome) -> None:
         """The multi-allocation job succeeded: its children are the real creations."""
+        parent.spawned = True
         result = parent.result[0]
         names = list(result.get("allocatable") or [])
         for (submitted, child), name in zip(result.get("jobs") or [], names, strict=False):
@@ -194,8 +198,12 @@ class JobSet:
             raise JobSetFailed(failed, len(self.outcomes))
 
     def summary(self) -> dict[str, float | int | None]:
-        """Figures of the whole set: counts, time to first and last success, throughput."""
-        done = [o for o in self.outcomes if o.ok and o.finished_at is not None]
+        """Figures of the whole set: counts, time to first and last success, throughput.
+        ``jobs`` counts every entry (jobs and refused submissions); the rest counts the work
+        (a multi-allocation's parent job is not an instance made), timed from the first
+        submission."""
+        work = [o for o in self.outcomes if not o.spawned]
+        done = [o for o in work if o.ok and o.finished_at is not None]
         starts = [o.submitted_at for o in self.outcomes]
         first = min(starts) if starts else None
         ends = sorted(o.finished_at for o in done if o.finished_at is not None)
