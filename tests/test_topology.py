@@ -893,7 +893,7 @@ def test_load_accepts_a_byte_order_mark(tmp_path: Path) -> None:
     assert topology.load(path, host_memory_mib=BIG_HOST).name == "t"
 
 
-@pytest.mark.parametrize("profile", ["default", "tiny", "two-racks"])
+@pytest.mark.parametrize("profile", ["default", "tiny", "tiny-uncached", "two-racks"])
 def test_check_prints_the_plan_of_a_builtin_profile(
     profile: str, cli_state: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -905,6 +905,8 @@ def test_check_prints_the_plan_of_a_builtin_profile(
     lines = out.splitlines()
     for m in t.machines:
         disks = ", ".join(f"{d} GiB" for d in m.disks_gib) or "none"
+        if m.disks_gib and m.disk_cache != "unsafe":
+            disks += f" (cache {m.disk_cache})"
         assert any(line.split() == [m.name, m.role, str(m.cpus), "vCPU", str(m.memory_mib),
                                     "MiB", "disks:", *disks.split()] for line in lines), m
     assert "  mgmt  management  auto (leased at up)" in lines
