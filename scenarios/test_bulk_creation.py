@@ -5,12 +5,13 @@ Runbook: on an empty cluster, create N instances in each submission mode (one by
 once; all at once with opportunistic locking; one multi-allocation request; placed by hail;
 all on one node and one volume group), recording per job the submit latency, queue wait, run
 time and outcome with Ganeti's reason, and per mode the time to first and last success and
-instances per minute; remove them before the next mode. Then, one labelling case at a time,
-let hail place instances and record where they landed. Last, ext4's lazy initialisation
-against eager: instances made one by one on one node, each filesystem mounted as its first
-boot would, on the session's lab (the host's page cache absorbs the writes) and on a lab whose
-volume group's disk is uncached (every write reaches the host's disk). The report's "Creation
-modes", "Placement by hail" and "ext4 initialisation" tables hold the figures.
+instances per minute; start the next mode from the layout's snapshot again. Then, one
+labelling case at a time, let hail place instances and record where they landed. Last, ext4's
+lazy initialisation against eager: instances made one by one on one node, each filesystem
+mounted as its first boot would, on the session's lab (the host's page cache absorbs the
+writes) and on a lab whose volume group's disk is uncached (every write reaches the host's
+disk). The report's "Creation modes", "Placement by hail" and "ext4 initialisation" tables
+hold the figures.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ def test_default_iallocator_params_from_the_command_line(
 def _lazy_against_eager(factory: InstanceFactory, timings: Timings, count: int,
                         disk_mib: int) -> dict[str, lazy_init.Series]:
     """Both lab OS variants one after the other on the factory's cluster, each a row of the
-    report's table; each series' instances removed before the next."""
+    report's table; the next series starts over without the earlier one's instances."""
     found = {}
     for variant in lazy_init.VARIANTS:
         with timings.phase(f"{count} x lab+{variant} one by one on one node",
