@@ -125,7 +125,12 @@ def series(factory: InstanceFactory, variant: str, count: int, *, node: str | No
                             outcome.reason)
                 result.creations.append(Creation(name, outcome, written, 0, 0))
                 continue
-            (lv,) = _logical_volumes(machine, cluster.plan.vg_name) - before_lvs
+            added = _logical_volumes(machine, cluster.plan.vg_name) - before_lvs
+            if len(added) != 1:
+                raise LabError(f"{machine.name}: creating {name} added {sorted(added) or 'no'} "
+                               f"logical volumes to {cluster.plan.vg_name}, where a plain "
+                               "instance's one disk is one", "look at `lvs` on the node")
+            (lv,) = added
             groups, zeroed = _inode_tables(machine, lv)
             result.creations.append(Creation(name, outcome, written, groups, zeroed))
             result.groups_total += groups
