@@ -3,17 +3,15 @@ them under labels (tags, drained, offline, vm_capable=no).
 
 ``create(factory, mode, count)`` submits ``count`` creations in one of ``MODES`` and waits for
 all of them (a failure is recorded with Ganeti's reason and never stops the others);
-``placement`` reads where they landed; ``labelled`` applies one labelling case to a cluster and
-takes it off again afterwards.
+``placement`` reads where they landed; ``apply_labels`` puts one labelling case on a cluster and
+``remove_labels`` takes it off again (a restore of the layout's snapshot does too).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from lab.errors import LabError
@@ -176,16 +174,5 @@ def remove_labels(cluster: Cluster, labelling: Labelling) -> None:
         cluster.gnt(f"gnt-node modify --vm-capable=yes {node}")
 
 
-@contextmanager
-def labelled(cluster: Cluster, case: str, node: str | None = None) -> Iterator[Labelling]:
-    """One labelling case on ``cluster`` for the enclosed block (``apply_labels``), taken
-    off again afterwards."""
-    labelling = apply_labels(cluster, case, node)
-    try:
-        yield labelling
-    finally:
-        remove_labels(cluster, labelling)
-
-
 __all__ = ["LABEL_CASES", "MODES", "Created", "Labelling", "apply_labels", "create",
-           "labelled", "make_room", "placement", "remove_labels"]
+           "make_room", "placement", "remove_labels"]

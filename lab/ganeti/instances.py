@@ -215,14 +215,13 @@ class InstanceFactory:
         seconds, a removal a Ganeti job per instance); remove it otherwise."""
         if not self.made:
             return
-        lab, layout = self.cluster.lab, current_layout(self.cluster.lab)
-        snapshot = layout_snapshot(lab, layout) if layout is not None else None
-        if snapshot is None or not snapshots.has(lab, snapshot):
+        snapshot = self._layout_snapshot()
+        if snapshot is None:
             self.remove_all()
             return
         log.info("%s: %s left for the next restore of %s: %s", self.cluster.name, by,
                  snapshot, ", ".join(self.made))
-        mark_layout_changed(lab, f"{by} left instances {', '.join(self.made)}")
+        mark_layout_changed(self.cluster.lab, f"{by} left instances {', '.join(self.made)}")
         self.made.clear()
 
     def start_over(self, why: str) -> str:
@@ -231,17 +230,22 @@ class InstanceFactory:
         removed through Ganeti. A restore also undoes every other change since the snapshot
         (cluster settings, tags, node roles): the caller applies again what it needs.
         Returns how: "restored" or "removed"."""
-        lab, layout = self.cluster.lab, current_layout(self.cluster.lab)
-        snapshot = layout_snapshot(lab, layout) if layout is not None else None
-        if snapshot is None or not snapshots.has(lab, snapshot):
+        if self._layout_snapshot() is None:
             self.remove_all()
             return "removed"
+        lab = self.cluster.lab
         mark_layout_changed(lab, why)
-        ensure_layout(lab, layout)
+        ensure_layout(lab, current_layout(lab))
         self.made.clear()
         # The restore took the guests' TCP state back: the RAPI session starts afresh.
         self.cluster.forget_rapi()
         return "restored"
+
+    def _layout_snapshot(self) -> str | None:
+        """The snapshot of the lab's live layout, when the lab has one saved."""
+        lab, layout = self.cluster.lab, current_layout(self.cluster.lab)
+        snapshot = layout_snapshot(lab, layout) if layout is not None else None
+        return snapshot if snapshot is not None and snapshots.has(lab, snapshot) else None
 
     def remove_all(self) -> list[str]:
         """Remove every instance this factory made that still exists; returns the names."""

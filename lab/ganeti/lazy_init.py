@@ -110,7 +110,7 @@ def series(factory: InstanceFactory, variant: str, count: int, *, node: str | No
     cache = cluster.lab.plan.machine(machine.name).disk_cache
     disk = _volume_group_disk(machine, cluster.plan.vg_name)
     result = Series(variant, node, disk_mib, cache)
-    mounted: list[str] = []
+    mounted: dict[str, str] = {}  # mount point -> the logical volume mounted there
     try:
         for _ in range(count):
             before_lvs = _logical_volumes(machine, cluster.plan.vg_name)
@@ -134,7 +134,7 @@ def series(factory: InstanceFactory, variant: str, count: int, *, node: str | No
             groups, zeroed = _inode_tables(machine, lv)
             result.creations.append(Creation(name, outcome, written, groups, zeroed))
             result.groups_total += groups
-            mounted.append(_boot_as_guest(machine, name, lv))
+            mounted[_boot_as_guest(machine, name, lv)] = lv
             log.info("%s: %s (lab+%s) created in %.1f s on %s, %.1f MiB written, %d of %d "
                      "inode tables zeroed", cluster.name, name, variant,
                      outcome.run_seconds or 0.0, node, written, zeroed, groups)
@@ -144,8 +144,7 @@ def series(factory: InstanceFactory, variant: str, count: int, *, node: str | No
         result.idle_seconds = time.monotonic() - started
         result.idle_written_mib = (_sectors_written(machine, disk) - idle_before) \
             * SECTOR / 2**20
-        result.zeroed_after_idle = sum(_inode_tables(machine, _device_of(machine, m))[1]
-                                       for m in mounted)
+        result.zeroed_after_idle = sum(_inode_tables(machine, lv)[1] for lv in mounted.values())
     finally:
         for mnt in reversed(mounted):
             machine.run(f"umount {shlex.quote(mnt)} && rmdir {shlex.quote(mnt)}", timeout=300)
@@ -179,10 +178,6 @@ def _sectors_written(machine: Machine, disk: str) -> int:
 def _logical_volumes(machine: Machine, vg: str) -> set[str]:
     out = machine.succeed(f"lvs --noheadings -o lv_path {shlex.quote(vg)}")
     return {line.strip() for line in out.splitlines() if line.strip()}
-
-
-def _device_of(machine: Machine, mnt: str) -> str:
-    return machine.succeed(f"findmnt -n -o SOURCE {shlex.quote(mnt)}").strip()
 
 
 def _inode_tables(machine: Machine, device: str) -> tuple[int, int]:
