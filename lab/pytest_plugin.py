@@ -461,7 +461,9 @@ def lab_reset(request: pytest.FixtureRequest, lab: Lab) -> Lab:
     if layout != live or left is not None:
         return lab  # just restored or formed by ensure_layout: that is the snapshot's state
     with timings.phase(f"reset to {layout_snapshot(lab, layout)}") as phase:
-        restore(lab, layout_snapshot(lab, layout))
+        done = restore(lab, layout_snapshot(lab, layout))
+        phase.metric("revert_seconds", done.revert_seconds)
+        phase.metric("answer_seconds", done.answer_seconds)
         for name, c in clusters_of(lab, layout).items():
             phase.metric(f"health_{name}_seconds", ensure_healthy(c).seconds)
     return lab

@@ -14,7 +14,7 @@ import libvirt
 from lab import snapshots, virt
 from lab.errors import LabError
 from lab.lab import Lab, check_not_in_use
-from lab.snapshots import Snapshot
+from lab.snapshots import Restored, Snapshot
 
 log = logging.getLogger("lab.rest")
 
@@ -55,7 +55,8 @@ def put_to_rest(lab: Lab, *, snapshot: str = AT_REST, force: bool = False) -> Sn
     return saved
 
 
-def wake(lab: Lab, snapshot: str | None = None, *, force: bool = False) -> Snapshot:
+def wake(lab: Lab, snapshot: str | None = None, *, force: bool = False
+         ) -> Restored:
     """Bring a resting (or running) lab back at ``snapshot`` (default: the one it was put to
     rest at); returns once every machine answers, clocks set."""
     check_not_in_use(lab.name, force)

@@ -40,6 +40,18 @@ class Snapshot:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Restored:
+    """A restore and where its time went."""
+    snapshot: Snapshot
+    revert_seconds: float   # libvirt: every domain back at the cut (memory read back), paused
+    answer_seconds: float   # resumed until every machine answers SSH, its clock set
+
+    @property
+    def seconds(self) -> float:
+        return round(self.revert_seconds + self.answer_seconds, 2)
+
+
 def _index(lab: Lab) -> dict[str, Snapshot]:
     path = lab.dir / "snapshots.json"
     if not path.exists():
@@ -121,7 +133,7 @@ def save(lab: Lab, name: str, meta: dict[str, Any] | None = None, replace: bool 
     return snap
 
 
-def restore(lab: Lab, name: str, ssh_timeout: float = 180.0) -> Snapshot:
+def restore(lab: Lab, name: str, ssh_timeout: float = 180.0) -> Restored:
     index = _index(lab)
     if name not in index:
         raise LabError(f"lab {lab.name} has no snapshot {name!r}",
@@ -135,20 +147,30 @@ def restore(lab: Lab, name: str, ssh_timeout: float = 180.0) -> Snapshot:
                        "save a new snapshot after the re-image, or destroy the lab and bring "
                        "it up again")
     lab.close()  # every SSH session dies with the state it belonged to
+    started = time.monotonic()
     with virt.connect() as conn:
         domains = _domains(conn, lab)
         try:
             _on_each(domains, lambda dom: dom.revertToSnapshot(
                 dom.snapshotLookupByName(name, 0), libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_PAUSED))
+        except libvirt.libvirtError as exc:
+            raise LabError(f"restoring snapshot {name!r} of lab {lab.name} failed: {exc}",
+                           "list snapshots with `ganeti-lab snapshot list`") from None
+        reverted = time.monotonic()
+        try:
             for dom in domains:
                 if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                     dom.resume()
         except libvirt.libvirtError as exc:
-            raise LabError(f"restoring snapshot {name!r} of lab {lab.name} failed: {exc}",
-                           "list snapshots with `ganeti-lab snapshot list`") from None
+            raise LabError(f"resuming lab {lab.name} after restoring snapshot {name!r} failed: "
+                           f"{exc}", "see `ganeti-lab status` for each machine's state") from None
     _restore_state_files(lab, name)
     resync_clocks(lab, ssh_timeout)
-    return index[name]
+    done = Restored(index[name], round(reverted - started, 2),
+                    round(time.monotonic() - reverted, 2))
+    log.info("lab %s: snapshot %s restored in %.2f s (revert %.2f s, machines answered %.2f s "
+             "later)", lab.name, name, done.seconds, done.revert_seconds, done.answer_seconds)
+    return done
 
 
 # Files of the lab's state directory that describe the machines' state, so they travel with

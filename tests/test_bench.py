@@ -354,9 +354,11 @@ def faked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
     monkeypatch.setattr("lab.bench.labs.ensure_healthy", healthy)
     monkeypatch.setattr("lab.bench.labs.wait_rapi", rapi_answers)
 
-    def restore(lab: Any, name: str) -> None:
+    def restore(lab: Any, name: str) -> snapshots.Restored:
         calls["restores"].append(name)
         CLOCK.advance(RESTORE)
+        return snapshots.Restored(snapshots.Snapshot(name, "then", 1.0, ["m"]),
+                                  RESTORE - 1.0, 1.0)
 
     monkeypatch.setattr(snapshots, "restore", restore)
     monkeypatch.setattr("lab.bench.baseline.baseline_inputs", lambda store, steps: (
@@ -398,6 +400,8 @@ def test_run_bench_assembles_every_section_with_fakes(faked: dict[str, list[str]
     assert lab["health_check_seconds"] == {"cluster1": HEALTH}
     assert lab["per_test_reset_samples"] == [RESTORE + RAPI_UP] * bench.RESET_SAMPLES
     assert lab["per_test_reset_seconds"] == RESTORE + RAPI_UP
+    assert lab["per_test_reset_steps"] == [
+        {"revert": RESTORE - 1.0, "machines_answer": 1.0, "rapi": RAPI_UP}] * bench.RESET_SAMPLES
 
     base = doc["baseline"]
     assert "error" not in base, base.get("error")

@@ -28,6 +28,7 @@ import pytest
 import lab.artifacts
 import lab.pytest_plugin as plugin
 from lab.pytest_plugin import SizeProfile
+from lab.snapshots import Restored, Snapshot
 from lab.timings import Timings
 
 pytest_plugins = ["pytester"]
@@ -709,7 +710,11 @@ def fake_layouts(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
     monkeypatch.setattr(plugin, "current_layout", lambda lab: live["layout"])
     monkeypatch.setattr(plugin, "layout_changed", layout_changed)
     monkeypatch.setattr(plugin, "layout_snapshot", lambda lab, layout: f"cluster-{layout}")
-    monkeypatch.setattr(plugin, "restore", lambda lab, name: calls["restore"].append(name))
+    def restore(lab: object, name: str) -> Restored:
+        calls["restore"].append(name)
+        return Restored(Snapshot(name, "then", 1.0, ["m"]), 2.0, 1.0)
+
+    monkeypatch.setattr(plugin, "restore", restore)
     monkeypatch.setattr(plugin, "clusters_of", lambda lab, layout: {})
     monkeypatch.setattr(plugin, "ensure_healthy", lambda c: SimpleNamespace(seconds=0.1))
     monkeypatch.setattr(lab.artifacts, "collect",

@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import shlex
-import time
 
 from rich.table import Table
 from rich.text import Text
@@ -105,10 +104,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                            "drop one of them")
         lab = Lab.attach(lab_name(args))
         check_lab_reuse(lab.name, lab.dir, local_debs(args))
-        snap = rest.wake(lab, args.at)
+        woken = rest.wake(lab, args.at)
         lab.keep()
         print_status(lab)
-        console.print(f"lab {lab.name} is up at snapshot {snap.name}")
+        console.print(f"lab {lab.name} is up at snapshot {woken.snapshot.name} in "
+                      f"{woken.seconds:.2f} s")
         return 0
     lab = _prepare(args)
     console.print(f"lab {lab.name}: accelerator {lab.accelerator}")
@@ -173,10 +173,9 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         snap = snapshots.save(lab, args.snapshot)
         console.print(f"saved {snap.name} in {snap.seconds:.2f} s")
     elif args.action == "restore":
-        started = time.monotonic()
-        snapshots.restore(lab, args.snapshot)
-        console.print(f"restored {args.snapshot}; every machine answers "
-                      f"({time.monotonic() - started:.2f} s)")
+        done = snapshots.restore(lab, args.snapshot)
+        console.print(f"restored {args.snapshot}; every machine answers ({done.seconds:.2f} s: "
+                      f"revert {done.revert_seconds:.2f}, answers {done.answer_seconds:.2f})")
     elif args.action == "delete":
         snapshots.delete(lab, args.snapshot)
         console.print(f"deleted {args.snapshot}")
