@@ -12,6 +12,7 @@ import shlex
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,13 +191,15 @@ class Machine:
         _update_known_hosts(self.known_hosts, self.host, keys, replace=True)
         log.info("%s: host keys replaced (%d)", self.name, len(public_keys.splitlines()))
 
-    def wait_for_ssh(self, timeout: float = 600.0) -> float:
-        """Block until a command runs; returns the seconds waited."""
+    def wait_for_ssh(self, timeout: float = 600.0,
+                     command: Callable[[], str] = lambda: "true") -> float:
+        """Block until a command runs (``command()``, built anew for each try: the first
+        thing a caller wants done may as well be the proof); returns the seconds waited."""
         started = time.monotonic()
 
         def answers() -> bool:
             self.close()
-            return self.run("true", timeout=20, announce=False).ok
+            return self.run(command(), timeout=20, announce=False).ok
 
         try:
             wait_for(f"SSH on {self.name}", answers, timeout=timeout, interval=1.0,
