@@ -81,9 +81,6 @@ def _foreign_certificate() -> str:
 
 
 @pytest.mark.lab(layout="two-clusters")
-@pytest.mark.nightly(reason=(
-    "forming a second layout costs CI about 8 minutes; the nightly run forms it for this "
-    "test and the moves between clusters (README, What CI runs)"))
 def test_two_clusters_from_the_booted_snapshot(clusters: dict[str, Cluster]) -> None:
     assert sorted(clusters) == ["rack1", "rack2"]
     for c in clusters.values():
