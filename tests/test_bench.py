@@ -456,6 +456,9 @@ def test_summary_of_a_full_document(faked: dict[str, list[str]]) -> None:
     measured = {k: v for k, v in table.items() if not k.startswith("image build, cold")}
     assert not [k for k, v in measured.items() if v.startswith(("skipped", "error"))], measured
     assert table["baseline / our per-test reset"].endswith("x")
+    # Where the resets went, each step's median, in the row's name.
+    assert f"per-test reset (median): revert {RESTORE - 1.0:.1f}, machines answer 1.0, " \
+           f"rapi {RAPI_UP:.1f}" in table
     assert [k for k in table if k.startswith("scaling,")] == [
         f"scaling, {n} hypervisors: cold start / bootstrap" for n in bench.SCALE_SIZES]
     text = markdown(doc)
