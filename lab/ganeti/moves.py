@@ -52,11 +52,12 @@ _STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}):")
 
 class MoveError(GanetiFailure):
     """A move did not end with the instance whole on the destination and gone from the source.
-    ``state`` says what each cluster was left with."""
+    ``state`` says what each cluster was left with; ``figures`` what the move got to (its
+    outcome that state's summary), for the record."""
 
     def __init__(self, message: str, state: MoveState | None, output: str = "",
-                 hint: str | None = None) -> None:
-        self.state, self.output = state, output
+                 hint: str | None = None, figures: MoveFigures | None = None) -> None:
+        self.state, self.output, self.figures = state, output, figures
         super().__init__(message, hint)
 
 
@@ -386,7 +387,7 @@ def move(route: Route, instance: str, *, dest_pnode: str | None = None,
         kind = MoveToolCrashed if crash else MoveDataLost if state.data_lost else MoveError
         raise kind(f"moving {instance} from {route.source.name} to {route.dest.name} failed "
                    f"({crash or _last_error(run)}): {state.describe()}", state, run.output,
-                   state.advice())
+                   state.advice(), figures)
     if before.admin_up:
         wait_running(route.dest, instance)
     after = InstancePicture.of(route.dest, instance)
@@ -402,7 +403,7 @@ def move(route: Route, instance: str, *, dest_pnode: str | None = None,
         kind = MoveDataLost if any(d.startswith("checksums") for d in differences) else MoveError
         raise kind(f"move-instance said {instance} moved from {route.source.name} to "
                    f"{route.dest.name}, but: {'; '.join(differences) or state.describe()}",
-                   state, run.output, state.advice())
+                   state, run.output, state.advice(), figures)
     log.info("%s moved %s -> %s: %.0f s (copy %s s, %s MiB/s), data, memory, vCPUs, NICs and "
              "OS as they were", instance, route.source.name, route.dest.name, figures.seconds,
              _round(figures.copy_seconds), figures.mib_per_s)
