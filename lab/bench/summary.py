@@ -69,7 +69,7 @@ def _cold_build(doc: dict[str, Any]) -> str:
 
 def _reset_steps(steps: Any) -> str:
     """Where the resets' time went, each step's median: ": revert 5.1, machines answer 4.1,
-    RAPI 0.3" (documents before the breakdown have none)."""
+    rapi 0.3" (documents before the breakdown have none)."""
     if not isinstance(steps, list) or not steps:
         return ""
     names = [k for k in steps[0] if all(isinstance(s.get(k), int | float) for s in steps)]
