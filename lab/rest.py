@@ -55,8 +55,7 @@ def put_to_rest(lab: Lab, *, snapshot: str = AT_REST, force: bool = False) -> Sn
     return saved
 
 
-def wake(lab: Lab, snapshot: str | None = None, *, force: bool = False
-         ) -> Restored:
+def wake(lab: Lab, snapshot: str | None = None, *, force: bool = False) -> Restored:
     """Bring a resting (or running) lab back at ``snapshot`` (default: the one it was put to
     rest at); returns once every machine answers, clocks set."""
     check_not_in_use(lab.name, force)
@@ -65,9 +64,7 @@ def wake(lab: Lab, snapshot: str | None = None, *, force: bool = False
         raise LabError(f"lab {lab.name} is not at rest, and no snapshot was named",
                        "say which one: `ganeti-lab up --name NAME --at SNAPSHOT` "
                        "(`ganeti-lab snapshot list` shows them)")
-    started = time.monotonic()
     restored = snapshots.restore(lab, snapshot)
     (lab.dir / _MARKER).unlink(missing_ok=True)
-    log.info("lab %s woke at snapshot %s in %.1f s", lab.name, snapshot,
-             time.monotonic() - started)
+    log.info("lab %s woke at snapshot %s in %.1f s", lab.name, snapshot, restored.seconds)
     return restored
