@@ -96,7 +96,7 @@ class Lab:
             except BaseException:
                 if not existed:
                     log.error("lab %s: prepare failed; removing what it made", name)
-                    _roll_back(name)
+                    roll_back(name)
                 raise
 
     @classmethod
@@ -272,7 +272,7 @@ class Lab:
             log.error("lab %s: bring-up failed; removing everything it created", self.name)
             self.cancel.set()
             self.close()
-            _roll_back(self.name)
+            roll_back(self.name)
             raise
 
     def _vagrant_up(self) -> None:
@@ -467,7 +467,7 @@ def destroy(name: str, *, force: bool = False) -> virt.LabObjects:
     return removed
 
 
-def _roll_back(name: str) -> None:
+def roll_back(name: str) -> None:
     """Remove what a failed step made; a failure here is logged, never raised, so it cannot
     hide the error that caused the roll-back."""
     try:

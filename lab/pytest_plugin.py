@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from lab import report, topology
+from lab import report, statecache, topology
 from lab import secrets as lab_secrets
 from lab.errors import HarnessError, LabError
 from lab.ganeti.bootstrap import (
@@ -46,7 +46,7 @@ from lab.timings import Phase, Timings, host_facts, new_run_id
 log = logging.getLogger("lab.pytest")
 # The live log: every phase's start and end, every remote command and wait (with its bound).
 LOGGERS = ("lab.timings", "lab.session", "lab.machines", "lab.ganeti", "lab.pytest",
-           "lab.snapshots", "lab.artifacts", "lab.remote", "lab.waiting")
+           "lab.snapshots", "lab.statecache", "lab.artifacts", "lab.remote", "lab.waiting")
 LAB_FIXTURES = {"lab", "cluster", "clusters", "lab_reset", "lab_host", "instances"}
 # Under `pytest -n N --dist loadgroup` every test of the session's lab runs on one worker, in
 # order; the others (unit tests, tests with a lab of their own) run beside it on the rest.
@@ -100,6 +100,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="also run the tests marked nightly (ganeti-lab run does; CI does not)")
     g.addoption("--lab-profile", choices=("small", "full"), default="small",
                 help="scenario size profile: small (CI) or full (nightly, ganeti-lab run)")
+    g.addoption("--lab-cache", choices=("on", "off"), default=None,
+                help="the lab-state cache: start from a cached booted or cluster-ready state "
+                     f"when it holds one, and store new ones (default: ${statecache.ENV}, "
+                     "else off)")
     g.addoption("--ganeti-patch", default=None, metavar="FILE",
                 help="a unified diff against Ganeti's Python tree, applied on the nodes of "
                      "every cluster of --ganeti-patch-series before it forms")
@@ -114,6 +118,8 @@ def pytest_configure(config: pytest.Config) -> None:
     name = config.getoption("--lab-name")
     if name is not None and (problem := name_problem(name)):
         raise pytest.UsageError(f"--lab-name: invalid lab name: {problem}")
+    if config.getoption("--lab-cache") is not None:
+        os.environ[statecache.ENV] = config.getoption("--lab-cache")
     if not hasattr(config, "workerinput"):
         _sigterm_as_interrupt(config)
     config.addinivalue_line(

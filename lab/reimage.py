@@ -27,8 +27,7 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from lab import hostkeys, power, virt
-from lab.bringup import settle_again
+from lab import bringup, hostkeys, power, virt
 from lab.errors import HarnessError
 from lab.waiting import WaitTimeout, wait_for
 
@@ -91,7 +90,7 @@ def reimage(lab: Lab, machine: str, timeout: float = power.BOOT_SECONDS) -> floa
     m = lab.machine(machine)
     m.replace_host_keys("\n".join(keys))
     m.wait_for_ssh(timeout=max(30.0, timeout - (time.monotonic() - started)))
-    settle_again(lab, machine)
+    bringup.settle_again(lab, machine)
     return time.monotonic() - started
 
 

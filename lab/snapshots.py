@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import libvirt
 
-from lab import virt
+from lab import reimage, virt
 from lab.errors import LabError
-from lab.reimage import reimaged_since
 
 if TYPE_CHECKING:
     from lab.lab import Lab
@@ -139,7 +138,7 @@ def restore(lab: Lab, name: str, ssh_timeout: float = 180.0) -> Restored:
         raise LabError(f"lab {lab.name} has no snapshot {name!r}",
                        f"existing: {', '.join(index) or 'none'}; save one with "
                        "`ganeti-lab snapshot save NAME`")
-    gone = reimaged_since(lab, index[name].created)
+    gone = reimage.reimaged_since(lab, index[name].created)
     if gone:
         raise LabError(f"snapshot {name!r} of lab {lab.name} was saved before "
                        + ", ".join(f"{m} was re-imaged ({when})" for m, when in gone.items())

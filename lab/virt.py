@@ -8,7 +8,7 @@ import functools
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +187,16 @@ def _refresh(pool: libvirt.virStoragePool) -> None:
 def remove(lab: str) -> LabObjects:
     """Force off and remove every domain, network and volume of lab ``lab``."""
     return _remove(find(lab))
+
+
+def remove_machines(lab: str, spare: Callable[[str], bool] = lambda volume: False
+                    ) -> LabObjects:
+    """Remove the domains and volumes of lab ``lab`` but the volumes ``spare`` names, keeping
+    its networks (the lab-state cache replaces a lab's machines with others on the same
+    networks)."""
+    found = find(lab)
+    return _remove(LabObjects(found.domains, [], [v for v in found.volumes
+                                                  if not spare(v.split("/", 1)[1])]))
 
 
 def remove_exact(name: str) -> LabObjects:

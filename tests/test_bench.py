@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from lab import accel, bench, shell, snapshots, topology
+from lab import accel, bench, shell, snapshots, statecache, topology
 from lab.images import ImageStore
 from lab.topology import TopologyError
 
@@ -231,6 +231,7 @@ CLOCK = _Clock()
 PREPARE, BOOT, COMMAND, INIT, NODE_ADD, VERIFY = 2.0, 40.0, 0.5, 10.0, 20.0, 6.0
 SAVE, RESTORE, HEALTH, RAPI_UP, SETTLE, DESTROY = 5.0, 3.0, 0.25, 1.0, 7.0, 1.5
 BOOTSTRAP = INIT + NODE_ADD + VERIFY  # a faked cluster of two nodes
+CACHE_STORE, CACHE_COPY = 12.0, 8.0
 
 
 class _FakeMachine:
@@ -361,6 +362,18 @@ def faked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
                                   RESTORE - 1.0, 1.0)
 
     monkeypatch.setattr(snapshots, "restore", restore)
+
+    def store(lab: Any, state: str, snapshot: str, patch: str | None) -> SimpleNamespace:
+        calls["stored"] = [state, snapshot, os.environ[statecache.DIR_ENV]]
+        CLOCK.advance(CACHE_STORE)
+        return SimpleNamespace(size=3 * 2**30)
+
+    def start_from(entry: Any, lab: Any) -> snapshots.Restored:
+        CLOCK.advance(CACHE_COPY)
+        return restore(lab, "cluster-one-cluster-3.0")
+
+    monkeypatch.setattr(statecache, "store", store)
+    monkeypatch.setattr(statecache, "start_from", start_from)
     monkeypatch.setattr("lab.bench.baseline.baseline_inputs", lambda store, steps: (
         tmp_path, {"box": "ganeti-lab-base-k", "debs": ["a_1_amd64.deb"], "debs_bytes": 2**20},
         True))
@@ -389,7 +402,17 @@ def test_run_bench_assembles_every_section_with_fakes(faked: dict[str, list[str]
     assert set(lab["bootstrap_two_clusters"]["clusters"]) == {"rack1", "rack2"}
     assert len(lab["per_test_reset_samples"]) == bench.RESET_SAMPLES
     assert lab["verify_after_restore"] == {"cluster1": {"ok": True, "warnings": 1}}
-    assert faked["restores"] == ["cluster-one-cluster-3.0"] * (2 + bench.RESET_SAMPLES)
+    # Two for the verified and healthy figures, the reset samples, two for the state cache.
+    assert faked["restores"] == ["cluster-one-cluster-3.0"] * (4 + bench.RESET_SAMPLES)
+    # The bench's own cache, gone afterwards; the user's setting is left as it was.
+    state, snapshot, directory = faked["stored"]
+    assert state == snapshot == "cluster-one-cluster-3.0"
+    assert not Path(directory).exists() and statecache.DIR_ENV not in os.environ
+    assert lab["state_cache_store_seconds"] == CACHE_STORE
+    assert lab["state_cache_start_to_healthy_seconds"] == CACHE_COPY + RESTORE + HEALTH
+    assert lab["state_cache_start_steps"] == {"copy": CACHE_COPY, "restore": RESTORE,
+                                              "health": HEALTH}
+    assert lab["state_cache_entry_gib"] == 3.0
     assert lab["prepare_seconds"] == PREPARE and lab["up_seconds"] == BOOT
     assert lab["cold_start_to_ssh_seconds"] == PREPARE + BOOT
     assert lab["bootstrap_one_cluster_seconds"] == BOOTSTRAP

@@ -97,6 +97,12 @@ def rows(doc: dict[str, Any]) -> list[Row]:
          _s(doc, "lab.restore_to_verified_cluster_seconds")),
         ("per-test reset (median)" + _reset_steps(lab.get("per_test_reset_steps")),
          _s(doc, "lab.per_test_reset_seconds")),
+        *([("lab-state cache: store the cluster-ready state / start a lab from it to "
+            f"healthy ({lab.get('state_cache_entry_gib', '?')} GiB)",
+            f"{_s(doc, 'lab.state_cache_store_seconds')} / "
+            f"{_s(doc, 'lab.state_cache_start_to_healthy_seconds')}")]
+          # documents of runs before the lab-state cache have no such figures
+          if "state_cache_store_seconds" in lab else []),
         ("baseline: plain vagrant up + apt/shell provisioning + init + node adds",
          _s(doc, "baseline.total_seconds")),
     ]

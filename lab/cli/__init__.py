@@ -13,7 +13,7 @@ import paramiko
 from rich.text import Text
 
 from lab import topology
-from lab.cli import bench, cluster, images, lifecycle, run
+from lab.cli import bench, cache, cluster, images, lifecycle, run
 from lab.cli.common import errors
 from lab.errors import LabError
 from lab.secrets import ScrubFilter
@@ -40,7 +40,7 @@ def parser() -> argparse.ArgumentParser:
         epilog=EPILOG % {"profiles": ", ".join(topology.profiles())})
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (images, lifecycle, cluster, run, bench):
+    for group in (images, lifecycle, cluster, cache, run, bench):
         group.register(sub)
     return p
 

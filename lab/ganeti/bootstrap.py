@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from lab import secrets as lab_secrets
-from lab import snapshots
+from lab import snapshots, statecache
 from lab.errors import GanetiFailure, LabError, raise_failures
 from lab.ganeti import patches, versions
 from lab.ganeti.certs import rapi_certificate
@@ -126,6 +126,12 @@ def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None =
     elif not snapshots.has(lab, BOOTED_SNAPSHOT):
         with maybe_phase(timings, f"save snapshot {BOOTED_SNAPSHOT}"):
             snapshots.save(lab, BOOTED_SNAPSHOT, meta={"layout": None})
+        if statecache.enabled():
+            with maybe_phase(timings, f"state cache: store {BOOTED_SNAPSHOT}"):
+                statecache.store(lab, statecache.BOOTED, BOOTED_SNAPSHOT)
+    cached = _from_state_cache(lab, layout, timings)
+    if cached is not None:
+        return cached
     try:
         clusters = form_layout(lab, layout, timings)
     except BaseException:
@@ -152,6 +158,39 @@ def ensure_layout(lab: Lab, layout: str | None = None, timings: Timings | None =
         snapshots.save(lab, layout_snapshot(lab, layout),
                        meta={"layout": layout, "versions": {cp.name: cp.version for cp in
                                                             lab.plan.layouts[layout]}})
+    if statecache.enabled():
+        with maybe_phase(timings, f"state cache: store {layout_snapshot(lab, layout)}"):
+            statecache.store(lab, layout_snapshot(lab, layout), layout_snapshot(lab, layout),
+                             patch_digest(lab))
+    return clusters
+
+
+def patch_digest(lab: Lab) -> str | None:
+    patch = patches.lab_patch(lab)
+    return patch.sha256 if patch is not None else None
+
+
+def _from_state_cache(lab: Lab, layout: str, timings: Timings | None
+                      ) -> dict[str, Cluster] | None:
+    """The layout's clusters from the lab-state cache, when it holds them for this lab's key
+    and subnets (lab/statecache.py); None to bootstrap them."""
+    if not statecache.enabled():
+        return None
+    snapshot = layout_snapshot(lab, layout)
+    entry = statecache.lookup(lab, snapshot, patch_digest(lab))
+    if entry is None:
+        log.info("lab %s: the state cache has no %s for this key; bootstrapping", lab.name,
+                 snapshot)
+        return None
+    with maybe_phase(timings, f"state cache: start from {snapshot}"):
+        try:
+            statecache.start_from(entry, lab)
+        except statecache.CorruptEntry:
+            return None  # logged; nothing of the lab was touched: it bootstraps
+        _set_layout(lab, layout)
+        clusters = clusters_of(lab, layout)
+        for c in clusters.values():
+            ensure_healthy(c)
     return clusters
 
 
