@@ -100,10 +100,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 help="also run the tests marked nightly (ganeti-lab run does; CI does not)")
     g.addoption("--lab-profile", choices=("small", "full"), default="small",
                 help="scenario size profile: small (CI) or full (nightly, ganeti-lab run)")
-    g.addoption("--lab-cache", choices=("on", "off"), default=None,
+    g.addoption("--lab-cache", choices=("on", "off"), default="off",
                 help="the lab-state cache: start from a cached booted or cluster-ready state "
-                     f"when it holds one, and store new ones (default: ${statecache.ENV}, "
-                     "else off)")
+                     "when the host holds one, and store new ones (default off: tests prove "
+                     "the real boot and bootstrap)")
     g.addoption("--ganeti-patch", default=None, metavar="FILE",
                 help="a unified diff against Ganeti's Python tree, applied on the nodes of "
                      "every cluster of --ganeti-patch-series before it forms")
@@ -118,8 +118,8 @@ def pytest_configure(config: pytest.Config) -> None:
     name = config.getoption("--lab-name")
     if name is not None and (problem := name_problem(name)):
         raise pytest.UsageError(f"--lab-name: invalid lab name: {problem}")
-    if config.getoption("--lab-cache") is not None:
-        os.environ[statecache.ENV] = config.getoption("--lab-cache")
+    # In the environment, so that the library and every `ganeti-lab` a test starts see it.
+    os.environ[statecache.ENV] = config.getoption("--lab-cache")
     if not hasattr(config, "workerinput"):
         _sigterm_as_interrupt(config)
     config.addinivalue_line(

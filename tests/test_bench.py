@@ -321,6 +321,7 @@ def faked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[str
     monkeypatch.setattr("lab.bench.cleanup.destroy", destroy)
 
     def ensure_layout(lab: _FakeLab, layout: str, timings: Any) -> None:
+        assert not statecache.enabled(), "the bench times real bootstraps, never the cache's"
         calls["layouts"].append(f"{lab.name}:{layout}")
         for cp in lab.plan.layouts[layout]:  # one after the other: the figure is their sum
             with timings.phase(f"{cp.name}: gnt-cluster init"):

@@ -656,13 +656,14 @@ def test_the_nightly_run_takes_the_tests_ci_leaves_to_it(monkeypatch: pytest.Mon
     args = argparse.Namespace(scenarios="scenarios", profile="full", keep="failed",
                               runs=str(tmp_path), topology=None, name=None, reuse=False,
                               ganeti_patch=None, ganeti_patch_series="3.0",
-                              ganeti_debs="build-area", pytest_args=[])
+                              ganeti_debs="build-area", cache="off", pytest_args=[])
     assert cli_run.cmd_run(args) == 0
     (argv,) = seen
     expected = ["scenarios", *cli_run.NIGHTLY_TESTS, "--lab-nightly"]
     assert argv[:len(expected)] == expected
     assert "--lab-profile=full" in argv
     assert "--ganeti-debs=build-area" in argv
+    assert "--lab-cache=off" in argv  # the main job times the real boot and bootstraps
 
 
 # 9. layouts ---------------------------------------------------------------------------------

@@ -104,9 +104,15 @@ def test_half_written_entries_are_never_used_and_are_pruned(cache_on: Path, tmp_
     assert alive.exists()  # being written by a live process
 
 
-def test_the_cache_is_off_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(statecache.ENV, raising=False)
+def test_the_cache_is_on_by_default_and_off_under_pytest(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    # The plugin's default, exported for the library and every `ganeti-lab` a test starts.
+    assert os.environ[statecache.ENV] == "off" and not statecache.enabled()
+    with statecache.setting("on"):
+        assert statecache.enabled()
     assert not statecache.enabled()
+    monkeypatch.delenv(statecache.ENV)
+    assert statecache.enabled()  # `ganeti-lab up`, `cluster init`
     monkeypatch.setenv(statecache.ENV, "yes")
     with pytest.raises(Exception, match="neither on nor off"):
         statecache.enabled()

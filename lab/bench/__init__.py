@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lab import topology
+from lab import statecache, topology
 from lab.bench import reference
 from lab.bench.baseline import BASELINE_METHOD, baseline_section
 from lab.bench.cleanup import (
@@ -127,7 +127,9 @@ def run_bench(args: Any) -> dict[str, Any]:
                      ("smallest", "skip_cold_build", "skip_baseline", "skip_scaling")},
     }
     try:
-        with sigterm_as_interrupt():  # a CI timeout or `kill` still destroys every lab
+        # Off: the bench times the real boot and bootstrap (its cache figures use a cache of
+        # their own); a CI timeout or `kill` still destroys every lab.
+        with statecache.setting("off"), sigterm_as_interrupt():
             _run_sections(args, doc, timings)
     except KeyboardInterrupt as exc:
         # Every lab made so far was destroyed on the way here; keep what was measured.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lab.cli.common import console, lab_name, lab_options
+from lab.cli.common import apply_cache_option, cache_option, console, lab_name, lab_options
 from lab.errors import LabError
 from lab.ganeti import health
 from lab.ganeti.bootstrap import clusters_of, current_layout, ensure_layout
@@ -14,6 +14,7 @@ from lab.timings import Timings, new_run_id
 
 
 def cmd_cluster_init(args: argparse.Namespace) -> int:
+    apply_cache_option(args)
     lab = Lab.attach(lab_name(args))
     run_id = new_run_id()
     timings = Timings(Path(args.runs) / run_id, run_id)
@@ -60,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     lab_options(init)
     init.add_argument("--layout", help="layout of the topology (e.g. one-cluster)")
     init.add_argument("--runs", default="runs", help="where the timings record goes")
+    cache_option(init)
     init.set_defaults(fn=cmd_cluster_init)
     check = csub.add_parser("health", help="the live layout's clusters: daemons, nodes, jobs, "
                             "clocks, shared storage (seconds); exit 1 if unhealthy")

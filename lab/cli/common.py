@@ -4,12 +4,13 @@ status table."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from rich.console import Console
 from rich.table import Table
 
-from lab import topology
+from lab import statecache, topology
 from lab.errors import LabError
 from lab.images.local_debs import LocalDebs
 from lab.lab import Lab
@@ -45,6 +46,18 @@ def lab_options(sp: argparse.ArgumentParser, topo: bool = False) -> None:
     if topo:
         sp.add_argument("--topology", help="TOML file or built-in profile name")
         ganeti_debs_option(sp)
+
+
+def cache_option(sp: argparse.ArgumentParser, default: str | None = None) -> None:
+    sp.add_argument("--cache", choices=("on", "off"), default=default,
+                    help="the lab-state cache: start from a cached booted or cluster-ready "
+                         "state when the host holds one, and keep new ones (default: "
+                         + (default or "$GANETI_LAB_STATE_CACHE, else on") + ")")
+
+
+def apply_cache_option(args: argparse.Namespace) -> None:
+    if getattr(args, "cache", None) is not None:
+        os.environ[statecache.ENV] = args.cache
 
 
 def ganeti_debs_option(sp: argparse.ArgumentParser) -> None:

@@ -13,6 +13,8 @@ from rich.text import Text
 from lab import rest, snapshots, topology, virt
 from lab.bringup import bring_up
 from lab.cli.common import (
+    apply_cache_option,
+    cache_option,
     console,
     errors,
     lab_name,
@@ -110,6 +112,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         console.print(f"lab {lab.name} is up at snapshot {woken.snapshot.name} in "
                       f"{woken.seconds:.2f} s")
         return 0
+    apply_cache_option(args)
     lab = _prepare(args)
     console.print(f"lab {lab.name}: accelerator {lab.accelerator}")
     bring_up(lab, Steps(f"lab {lab.name}"))
@@ -230,6 +233,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sp.add_argument("--at", metavar="SNAPSHOT",
                     help="bring an existing lab back at SNAPSHOT without a boot (the state "
                          f"`ganeti-lab down` kept is {rest.AT_REST!r})")
+    cache_option(sp)
     sp.set_defaults(fn=cmd_up)
 
     sp = sub.add_parser("down", help="put a lab to rest: save its state, stop its machines "

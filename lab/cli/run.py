@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from lab import report
-from lab.cli.common import console, lab_options
+from lab.cli.common import cache_option, console, lab_options
 from lab.timings import new_run_id
 
 NIGHTLY_TESTS = ("tests/test_bench.py::test_smoke_smallest_bench_on_a_tiny_lab",
@@ -25,8 +25,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # The tests CI leaves to the nightly run, when the project's tests are at hand.
     nightly = [test for test in NIGHTLY_TESTS if Path(test.split("::")[0]).exists()]
     argv = [args.scenarios, *nightly, "--lab-nightly", f"--lab-profile={args.profile}",
-            f"--lab-keep={args.keep}", f"--lab-runs={args.runs}", "-p", "no:cacheprovider",
-            "-v"]
+            f"--lab-keep={args.keep}", f"--lab-runs={args.runs}", f"--lab-cache={args.cache}",
+            "-p", "no:cacheprovider", "-v"]
     if args.topology:
         argv.append(f"--lab-topology={args.topology}")
     if args.name:
@@ -59,6 +59,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     sp.add_argument("--keep", choices=("always", "failed", "never"), default="failed")
     sp.add_argument("--reuse", action="store_true", help="reuse a running lab of that name")
     sp.add_argument("--runs", default="runs", help="directory of run records")
+    # Off unless asked: the main job measures every phase, the boot and bootstraps included.
+    cache_option(sp, default="off")
     sp.add_argument("--scenarios", default="scenarios", help="scenario directory or file")
     sp.add_argument("--ganeti-patch", metavar="FILE",
                     help="a unified diff against Ganeti's Python tree (lib/...), applied on "
