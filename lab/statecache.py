@@ -41,7 +41,7 @@ import libvirt
 import xxhash
 from filelock import FileLock, Timeout
 
-from lab import snapshots, virt
+from lab import reimage, snapshots, virt
 from lab.errors import LabError
 from lab.images.store import default_cache_dir
 from lab.secrets import register_lab_secrets
@@ -65,9 +65,13 @@ _LAYOUT_CODE = (*_BOOTED_CODE, "ganeti/bootstrap.py", "ganeti/cluster.py", "gane
 _LAB_OWN = ("lab", "prefix", "key", "console_dir", "mgmt_network", "lab_network",
             "mgmt_subnet", "lab_subnet", "mgmt_bridge", "lab_bridge", "topology")
 _MACHINE_OWN = ("domain", "cmdline", "seed", "mgmt_ip", "mgmt_mac", "lab_ip", "lab_mac")
-# Lab state files that are not the machines' state: Vagrant's and the console's own, markers.
-_STATE_SKIPPED = ("console", "vagrant", "vagrant-home", "vagrant.log", "lab.json", "at-rest",
-                  "layout-changed")
+# The lab's state files that describe its machines, so they travel with them: the login and
+# node keys they trust, their host keys, the snapshots and their copies of these files, what
+# the lab knows of its clusters, the live layout, and which machines were re-imaged when. The
+# rest is the lab's own (its plan, Vagrant's files, consoles, a Ganeti patch, local packages).
+_MACHINE_STATE = ("id_ed25519", "id_ed25519.pub", "node_ed25519", "node_ed25519.pub",
+                  "hostkeys", "known_hosts", "snapshots.json", "snapshots", "clusters",
+                  "layout", reimage.RECORD)
 _CHUNK = 16 << 20
 # A volume on its way out of the cache: named in the lab's namespace, so destroying the lab
 # removes it too if the copy is cut short.
@@ -234,8 +238,6 @@ def _entry_lock(path: Path, timeout: float) -> Iterator[bool]:
         yield True
     finally:
         lock.release()
-        with contextlib.suppress(OSError):
-            Path(str(path) + ".lock").unlink()
 
 
 def _copy(source: Path, target: Path) -> tuple[int, str]:
@@ -297,13 +299,14 @@ def store(lab: Lab, state: str, snapshot: str, patch: str | None = None) -> Entr
         return None
     started = time.monotonic()
     with _entry_lock(final, timeout=0) as mine:
-        if not mine:
-            log.info("state cache: another process is storing %s; not storing it again",
+        if not mine or (final.is_dir() and _read(final) is not None):
+            log.info("state cache: another process stores %s; not storing it again",
                      final.name)
             return None
         work = root() / f".partial-{os.getpid()}-{final.name}"
         shutil.rmtree(work, ignore_errors=True)
-        (work / "volumes").mkdir(parents=True)
+        work.mkdir(mode=0o700)  # it will hold the lab's private keys and RAPI passwords
+        (work / "volumes").mkdir()
         lab.close()
         files: dict[str, dict[str, Any]] = {}
         domains: dict[str, dict[str, Any]] = {}
@@ -325,7 +328,7 @@ def store(lab: Lab, state: str, snapshot: str, patch: str | None = None) -> Entr
                 files[name] = {"size": size, "xxh3": digest}
             for source in sorted(lab.dir.rglob("*")):
                 relative = source.relative_to(lab.dir)
-                if relative.parts[0] in _STATE_SKIPPED or not source.is_file():
+                if relative.parts[0] not in _MACHINE_STATE or not source.is_file():
                     continue
                 target = work / "state" / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -340,13 +343,19 @@ def store(lab: Lab, state: str, snapshot: str, patch: str | None = None) -> Entr
                 "plan": json.loads((lab.dir / "lab.json").read_text()),
             }
             (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
-            os.chmod(work, 0o700)  # it holds the lab's private keys and RAPI passwords
-            os.replace(work, final)
+            work.rename(final)
+        except (OSError, libvirt.libvirtError, LabError) as exc:
+            # The cache only saves time: a full disk must not fail the lab's run.
+            shutil.rmtree(work, ignore_errors=True)
+            snapshots.restore(lab, snapshot)
+            log.error("state cache: storing %s of lab %s failed (%s); the lab goes on "
+                      "without it", state, lab.name, str(exc).splitlines()[0] if str(exc)
+                      else type(exc).__name__)
+            return None
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        finally:
-            restored = snapshots.restore(lab, snapshot)
+        restored = snapshots.restore(lab, snapshot)
     entry = Entry(final, manifest)
     log.info("state cache: %s of lab %s stored as %s (%.1f GiB) in %.1f s, the lab back at "
              "%s in %.1f s of it", state, lab.name, final.name, entry.size / 2**30,
@@ -450,12 +459,14 @@ def _file_digest(path: Path) -> str:
 
 
 def _adopt_state(entry: Entry, lab: Lab) -> None:
-    """The entry's state files in the lab's directory: keys, host keys, snapshots' index and
-    copies, clusters. The machines' identity (commands, key lines) follows the entry's plan."""
-    for child in lab.dir.iterdir():
-        if child.name in _STATE_SKIPPED:
-            continue
-        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    """The entry's machine state files in the lab's directory (``_MACHINE_STATE``); the
+    machines' kernel command lines (their login key) follow the entry's plan."""
+    for name in _MACHINE_STATE:
+        child = lab.dir / name
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink(missing_ok=True)
     source = entry.path / "state"
     for path in sorted(source.rglob("*")):
         if path.is_file():

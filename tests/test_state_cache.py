@@ -193,3 +193,27 @@ def test_a_second_lab_starts_from_the_cached_states(
     assert _identity(third)["cluster"] == formed_id["cluster"]
     rebuilt = [e for e in statecache.entries() if e.state == BOOTED_SNAPSHOT]
     assert len(rebuilt) == 1 and rebuilt[0].manifest["made_by"] == NAMES[2]
+
+
+def test_a_lab_takes_the_machines_state_of_an_entry_and_keeps_its_own(tmp_path: Path) -> None:
+    from lab.ganeti import patches
+
+    lab = _lab(tmp_path, "a", SUBNETS)
+    (lab.dir / "id_ed25519").write_text("the lab's own key")
+    (lab.dir / patches._STATE).write_text("{}")  # the lab's Ganeti patch: its own choice
+    (lab.dir / "accelerator").write_text("tcg: here")
+    entry_path = tmp_path / "entry"
+    (entry_path / "state" / "clusters" / "solo").mkdir(parents=True)
+    (entry_path / "state" / "id_ed25519").write_text("the key the machines trust")
+    (entry_path / "state" / "clusters" / "solo" / "rapi.json").write_text("{}")
+    made = json.loads((lab.dir / "lab.json").read_text())
+    for m in made["machines"]:
+        m["cmdline"] = f"lab.key=theirs lab.hostname={m['name']}"
+    statecache._adopt_state(statecache.Entry(entry_path, {"plan": made}), lab)
+    assert (lab.dir / "id_ed25519").read_text() == "the key the machines trust"
+    assert (lab.dir / "clusters" / "solo" / "rapi.json").exists()
+    assert (lab.dir / patches._STATE).exists() and (lab.dir / "accelerator").exists()
+    plan_now = json.loads((lab.dir / "lab.json").read_text())
+    assert [m["cmdline"] for m in plan_now["machines"]] == \
+        [f"lab.key=theirs lab.hostname={m['name']}" for m in made["machines"]]
+    assert plan_now["lab"] == "a"
