@@ -155,6 +155,9 @@ _COUNTERPARTS: tuple[tuple[str, str, str], ...] = (
     ("lab.restore_to_healthy_seconds", *_REBUILD),
     ("lab.restore_to_verified_cluster_seconds", *_REBUILD),
     ("lab.per_test_reset_seconds", *_REBUILD),
+    ("lab.state_cache_start_to_healthy_seconds", "baseline.total_seconds",
+     "a verified cluster on a host that made it before: ours starts from the lab-state cache, "
+     "the usual way keeps nothing and rebuilds"),
 )
 
 
