@@ -33,7 +33,7 @@ from lab.pytest_plugin import SizeProfile
 from lab.timings import Timings
 
 CI_ROOM = "longer than the room CI has left under emulation (README, What CI runs)"
-pytestmark = [pytest.mark.lab(layout="one-cluster"), pytest.mark.nightly(reason=CI_ROOM)]
+pytestmark = [pytest.mark.lab(layout="one-cluster")]
 MODES_TABLE, PLACEMENT_TABLE = "Creation modes", "Placement by hail"
 INIT_TABLE = "ext4 initialisation"
 UNCACHED_TOPOLOGY, UNCACHED_LAB = "tiny-uncached", "uncached"
@@ -57,6 +57,7 @@ def _start_over(instances: InstanceFactory, timings: Timings, why: str) -> None:
         bulk.make_room(instances.cluster)
 
 
+@pytest.mark.nightly(reason=CI_ROOM)
 def test_creation_modes_side_by_side(lab_reset: object, roomy: Cluster,
                                      instances: InstanceFactory, timings: Timings,
                                      lab_profile: SizeProfile) -> None:
@@ -84,6 +85,7 @@ def test_creation_modes_side_by_side(lab_reset: object, roomy: Cluster,
     assert verify.ok, verify.output
 
 
+@pytest.mark.nightly(reason=CI_ROOM)
 def test_labels_steer_hail(lab_reset: object, roomy: Cluster, instances: InstanceFactory,
                            timings: Timings, lab_profile: SizeProfile) -> None:
     nodes = roomy.plan.nodes
@@ -160,6 +162,7 @@ def _lazy_against_eager(factory: InstanceFactory, timings: Timings, count: int,
     return found
 
 
+@pytest.mark.nightly(reason=CI_ROOM)
 def test_ext4_lazy_or_eager_on_the_session_lab(lab_reset: object, cluster: Cluster,
                                                instances: InstanceFactory, timings: Timings,
                                                lab_profile: SizeProfile) -> None:
