@@ -174,6 +174,10 @@ class Entry:
         return str(self.manifest["state"])
 
     @property
+    def snapshots(self) -> list[str]:
+        return list(self.manifest.get("snapshots", []))
+
+    @property
     def size(self) -> int:
         return sum(int(f["size"]) for f in self.manifest["files"].values())
 
@@ -340,6 +344,7 @@ def store(lab: Lab, state: str, snapshot: str, patch: str | None = None) -> Entr
                 "subnets": [lab.plan.mgmt_subnet, lab.plan.lab_subnet],
                 "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                 "domains": domains, "files": files,
+                "snapshots": [s.name for s in snapshots.list_snapshots(lab)],
                 "plan": json.loads((lab.dir / "lab.json").read_text()),
             }
             (work / "manifest.json").write_text(json.dumps(manifest, indent=1))

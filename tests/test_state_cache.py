@@ -217,3 +217,19 @@ def test_a_lab_takes_the_machines_state_of_an_entry_and_keeps_its_own(tmp_path: 
     assert [m["cmdline"] for m in plan_now["machines"]] == \
         [f"lab.key=theirs lab.hostname={m['name']}" for m in made["machines"]]
     assert plan_now["lab"] == "a"
+
+
+def test_a_cached_layout_never_replaces_a_lab_holding_snapshots_the_entry_lacks(
+        cache_on: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.ganeti import bootstrap
+
+    lab = _lab(tmp_path, "a", SUBNETS, "default")
+    (lab.dir / "snapshots.json").write_text(json.dumps({
+        name: {"name": name, "created": "2026-11-27T00:00:00+00:00", "seconds": 1.0,
+               "machines": ["service"]} for name in (BOOTED_SNAPSHOT, "mine")}))
+    entry = statecache.Entry(tmp_path, {"state": "x", "snapshots": [BOOTED_SNAPSHOT, "x"]})
+    monkeypatch.setattr(statecache, "lookup", lambda *a, **kw: entry)
+    taken: list[statecache.Entry] = []
+    monkeypatch.setattr(statecache, "start_from", lambda e, lab: taken.append(e))
+    assert bootstrap._from_state_cache(lab, "one-cluster", None) is None
+    assert taken == []  # "mine" would have been lost: the layout is bootstrapped instead

@@ -182,6 +182,13 @@ def _from_state_cache(lab: Lab, layout: str, timings: Timings | None
         log.info("lab %s: the state cache has no %s for this key; bootstrapping", lab.name,
                  snapshot)
         return None
+    # The entry brings its machines with their snapshots: a snapshot of this lab's that the
+    # entry lacks (one a person saved) would be lost.
+    own = sorted({s.name for s in snapshots.list_snapshots(lab)} - set(entry.snapshots))
+    if own:
+        log.info("lab %s: the state cache holds %s, but taking it would drop this lab's "
+                 "snapshots %s; bootstrapping", lab.name, snapshot, ", ".join(own))
+        return None
     with maybe_phase(timings, f"state cache: start from {snapshot}"):
         try:
             statecache.start_from(entry, lab)
