@@ -29,6 +29,8 @@ the built-in `default` profile; built-ins: %(profiles)s). Typical session:
   ganeti-lab snapshot save clean      # ... break things ...
   ganeti-lab snapshot restore clean   # back in seconds
   ganeti-lab destroy default
+  ganeti-lab cache list               # what `up` and `cluster init` kept: the next lab of this
+                                      # topology starts there (the lab-state cache)
 """
 
 
