@@ -193,12 +193,17 @@ class Machine:
 
     def wait_for_ssh(self, timeout: float = 600.0,
                      command: Callable[[], str] = lambda: "true") -> float:
-        """Block until a command runs (``command()``, built anew for each try: the first
-        thing a caller wants done may as well be the proof); returns the seconds waited."""
+        """Block until a command runs (``command()``, built anew for each try once the
+        connection stands: the first thing a caller wants done may as well be the proof);
+        returns the seconds waited."""
         started = time.monotonic()
 
         def answers() -> bool:
             self.close()
+            # Connected first: a command that carries the host's time (a clock to set) must
+            # not be built before a handshake of seconds under emulation, or the guest's
+            # clock ends up behind by that long (seen: 5.8 s, past the health check's bound).
+            self._connect()
             return self.run(command(), timeout=20, announce=False).ok
 
         try:

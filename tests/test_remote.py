@@ -167,3 +167,28 @@ def test_output_held_open_by_a_background_process_ends_after_the_grace(
     began = time.monotonic()
     assert m.succeed("start-a-daemon") == "started\n"
     assert time.monotonic() - began < 5
+
+
+def test_wait_for_ssh_builds_its_command_once_connected(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A restore sets each guest's clock with the command it waits for: a timestamp taken
+    before a slow handshake would leave the guest behind by the handshake's length."""
+    m = Machine("node1", "127.0.0.1", tmp_path / "key", tmp_path / "known_hosts")
+    events: list[str] = []
+    monkeypatch.setattr(m, "_connect", lambda timeout=10.0: events.append("connected"))
+
+    class Ran:
+        ok = True
+
+    def run(command: str, **kw: object) -> Ran:
+        events.append(command)
+        return Ran()
+
+    monkeypatch.setattr(m, "run", run)
+
+    def build() -> str:
+        events.append("built")
+        return "date"
+
+    m.wait_for_ssh(timeout=5, command=build)
+    assert events == ["connected", "built", "date"]
