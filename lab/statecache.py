@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
 import libvirt
+import psutil
 import xxhash
 from filelock import FileLock, Timeout
 
@@ -90,17 +92,18 @@ def enabled() -> bool:
 
 
 @contextlib.contextmanager
-def setting(value: str) -> Iterator[None]:
-    """The cache on or off for the duration (for this process and what it starts)."""
-    before = os.environ.get(ENV)
-    os.environ[ENV] = value
+def setting(value: str, variable: str = ENV) -> Iterator[None]:
+    """``variable`` (the cache on or off, or its directory ``DIR_ENV``) set to ``value`` for
+    the duration, for this process and what it starts."""
+    before = os.environ.get(variable)
+    os.environ[variable] = value
     try:
         yield
     finally:
         if before is None:
-            os.environ.pop(ENV, None)
+            os.environ.pop(variable, None)
         else:
-            os.environ[ENV] = before
+            os.environ[variable] = before
 
 
 def root() -> Path:
@@ -112,6 +115,7 @@ def root() -> Path:
 # Keys -----------------------------------------------------------------------------------------
 
 
+@functools.cache  # the code does not change under a running process; every key reads it
 def _code_digest(files: tuple[str, ...]) -> str:
     base = Path(str(resources.files("lab")))
     digest = hashlib.sha256()
@@ -266,8 +270,9 @@ def _pool_dir() -> Path:
 
 
 def _volumes(lab: Lab) -> list[str]:
-    prefix = lab.plan.prefix
-    return sorted(p.name for p in _pool_dir().iterdir() if p.name.startswith(prefix))
+    """The lab's volumes, but a copy out of the cache that an interruption left behind."""
+    return sorted(name for v in virt.find(lab.name).volumes
+                  if not (name := v.split("/", 1)[1]).endswith(_PARTIAL))
 
 
 def _snapshot_xmls(dom: libvirt.virDomain) -> list[str]:
@@ -436,7 +441,6 @@ def start_from(entry: Entry, lab: Lab) -> snapshots.Restored:
         path.rename(pool / path.name.removesuffix(_PARTIAL))
     _adopt_state(entry, lab)
     with virt.connect() as conn:
-        conn.storagePoolLookupByName("default").refresh(0)
         virt.ensure_networks(lab.plan)
         for m in lab.plan.machines:
             meta = entry.manifest["domains"][m.name]
@@ -504,7 +508,7 @@ def prune(everything: bool = False, older_than_days: float | None = None
     removed = []
     for path in partial_dirs():
         pid = path.name.split("-")[1]
-        if not pid.isdigit() or not _alive(int(pid)):
+        if not pid.isdigit() or not psutil.pid_exists(int(pid)):
             removed.append((path.name, _size(path)))
             shutil.rmtree(path, ignore_errors=True)
     limit = time.time() - older_than_days * 86400 if older_than_days is not None else None
@@ -514,13 +518,3 @@ def prune(everything: bool = False, older_than_days: float | None = None
             removed.append((entry.path.name, entry.size))
             remove(entry)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -5,7 +5,6 @@ and 6 hypervisors and two tiny labs at once (``scaling``). Every lab made is des
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 import time
 from collections.abc import Callable
@@ -153,29 +152,22 @@ def _state_cache_figures(lab: Lab, layout: str, doc: dict[str, Any]) -> None:
     """Store the layout's cluster-ready state in a cache of the bench's own (the user's is
     never touched), then start the lab from it until every cluster is healthy."""
     snapshot = layout_snapshot(lab, layout)
-    saved = os.environ.get(statecache.DIR_ENV)
-    with tempfile.TemporaryDirectory(prefix="bench-states-", dir=default_cache_dir()) as tmp:
-        os.environ[statecache.DIR_ENV] = tmp
-        try:
-            snapshots.restore(lab, snapshot)
-            with _timed(doc, "state_cache_store_seconds"):
-                entry = statecache.store(lab, snapshot, snapshot, patch_digest(lab))
-            assert entry is not None, "a new cache directory cannot hold the entry already"
-            doc["state_cache_entry_gib"] = round(entry.size / 2**30, 2)
-            with _timed(doc, "state_cache_start_to_healthy_seconds"):
-                started = time.monotonic()
-                restored = statecache.start_from(entry, lab)
-                start_seconds = time.monotonic() - started
-                for c in clusters_of(lab, layout).values():
-                    ensure_healthy(c)
-            doc["state_cache_start_steps"] = {
-                "copy": _r(start_seconds - restored.seconds), "restore": restored.seconds,
-                "health": _r(doc["state_cache_start_to_healthy_seconds"] - start_seconds)}
-        finally:
-            if saved is None:
-                os.environ.pop(statecache.DIR_ENV, None)
-            else:
-                os.environ[statecache.DIR_ENV] = saved
+    with tempfile.TemporaryDirectory(prefix="bench-states-", dir=default_cache_dir()) as tmp, \
+            statecache.setting(tmp, statecache.DIR_ENV):
+        snapshots.restore(lab, snapshot)
+        with _timed(doc, "state_cache_store_seconds"):
+            entry = statecache.store(lab, snapshot, snapshot, patch_digest(lab))
+        assert entry is not None, "a new cache directory cannot hold the entry already"
+        doc["state_cache_entry_gib"] = round(entry.size / 2**30, 2)
+        with _timed(doc, "state_cache_start_to_healthy_seconds"):
+            started = time.monotonic()
+            restored = statecache.start_from(entry, lab)
+            start_seconds = time.monotonic() - started
+            for c in clusters_of(lab, layout).values():
+                ensure_healthy(c)
+        doc["state_cache_start_steps"] = {
+            "copy": _r(start_seconds - restored.seconds), "restore": restored.seconds,
+            "health": _r(doc["state_cache_start_to_healthy_seconds"] - start_seconds)}
 
 
 def lab_section(topo: topology.Topology, store: ImageStore, timings: Timings
