@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 
 from lab import statecache
-from lab.ganeti.nodes import prepare_node_again, prepare_nodes
+from lab.ganeti.nodes import prepare_nodes
 from lab.lab import Lab, roll_back, sigterm_as_interrupt
 from lab.progress import Steps
-from lab.settle import settle_lab, write_hosts
+from lab.settle import settle_lab
 
 log = logging.getLogger("lab.machines")
 SETTLE_STEP = "settle machines (hosts, DNS/DHCP, NFS, LVM, node keys)"
@@ -44,9 +44,3 @@ def bring_up(lab: Lab, steps: Steps | None = None) -> None:
 def settle(lab: Lab) -> None:
     settle_lab(lab)
     prepare_nodes(lab)
-
-
-def settle_again(lab: Lab, name: str) -> None:
-    """Settle one hypervisor whose root disk was replaced (lab/reimage.py)."""
-    write_hosts(lab, [lab.machine(name)])
-    prepare_node_again(lab, name)

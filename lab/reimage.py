@@ -27,8 +27,10 @@ from xml.sax.saxutils import escape
 
 import libvirt
 
-from lab import bringup, hostkeys, power, virt
+from lab import hostkeys, power, virt
 from lab.errors import HarnessError
+from lab.ganeti.nodes import prepare_node_again
+from lab.settle import write_hosts
 from lab.waiting import WaitTimeout, wait_for
 
 if TYPE_CHECKING:
@@ -90,7 +92,9 @@ def reimage(lab: Lab, machine: str, timeout: float = power.BOOT_SECONDS) -> floa
     m = lab.machine(machine)
     m.replace_host_keys("\n".join(keys))
     m.wait_for_ssh(timeout=max(30.0, timeout - (time.monotonic() - started)))
-    bringup.settle_again(lab, machine)
+    # Settled as a bring-up settles a hypervisor: the lab's names, then Ganeti's preparation.
+    write_hosts(lab, [m])
+    prepare_node_again(lab, machine)
     return time.monotonic() - started
 
 
