@@ -470,6 +470,8 @@ def lab_reset(request: pytest.FixtureRequest, lab: Lab) -> Lab:
         done = restore(lab, layout_snapshot(lab, layout))
         phase.metric("revert_seconds", done.revert_seconds)
         phase.metric("answer_seconds", done.answer_seconds)
+        # Machines reached over SSH, as their guest agents did not answer (0 on a healthy lab).
+        phase.metric("answered_over_ssh", sum(how == "ssh" for how in done.reached.values()))
         for name, c in clusters_of(lab, layout).items():
             phase.metric(f"health_{name}_seconds", ensure_healthy(c).seconds)
     return lab

@@ -23,13 +23,17 @@ from typing import TYPE_CHECKING, Any
 import libvirt
 import libvirt_qemu
 
-from lab import reimage, virt
+from lab import agent, reimage, virt
 from lab.errors import LabError
 
 if TYPE_CHECKING:
     from lab.lab import Lab
 
 log = logging.getLogger("lab.snapshots")
+
+# How long a restored machine's guest agent may take to answer before its clock is set over
+# SSH instead (it answers within about a second of the resume).
+AGENT_WAIT = 30.0
 
 
 @dataclass
@@ -46,7 +50,8 @@ class Restored:
     """A restore and where its time went."""
     snapshot: Snapshot
     revert_seconds: float   # libvirt: every domain back at the cut (memory read back), paused
-    answer_seconds: float   # resumed until every machine answers SSH, its clock set
+    answer_seconds: float   # resumed until every machine answers, its clock set
+    reached: dict[str, str] = field(default_factory=dict)  # machine: "agent" or "ssh"
 
     @property
     def seconds(self) -> float:
@@ -191,11 +196,12 @@ def restore(lab: Lab, name: str, ssh_timeout: float = 180.0) -> Restored:
             raise LabError(f"resuming lab {lab.name} after restoring snapshot {name!r} failed: "
                            f"{exc}", "see `ganeti-lab status` for each machine's state") from None
     _restore_state_files(lab, name)
-    resync_clocks(lab, ssh_timeout)
+    reached = resync_clocks(lab, ssh_timeout)
     done = Restored(index[name], round(reverted - started, 2),
-                    round(time.monotonic() - reverted, 2))
+                    round(time.monotonic() - reverted, 2), reached)
     log.info("lab %s: snapshot %s restored in %.2f s (revert %.2f s, machines answered %.2f s "
-             "later)", lab.name, name, done.seconds, done.revert_seconds, done.answer_seconds)
+             "later, through %s)", lab.name, name, done.seconds, done.revert_seconds,
+             done.answer_seconds, _how_reached(reached))
     return done
 
 
@@ -242,18 +248,42 @@ def _restore_state_files(lab: Lab, name: str) -> None:
             shutil.copytree(copy, current)
 
 
-def resync_clocks(lab: Lab, timeout: float = 180.0, domains: set[str] | None = None) -> None:
+def resync_clocks(lab: Lab, timeout: float = 180.0, domains: set[str] | None = None
+                  ) -> dict[str, str]:
     """Set each guest's clock (or only those of ``domains``) from the host's: Ganeti rejects
-    nodes with clock skew."""
-    def fix(m: Any) -> None:
-        # The clock set is the proof that the machine answers: one command, not two.
+    nodes with clock skew. The clock set is the proof that the machine answers. Returns how
+    each machine was reached: "agent" (its guest agent, no SSH handshake: lab/agent.py), or
+    "ssh" for a domain without the agent's channel or whose agent did not answer."""
+    targets = [p.name for p in lab.plan.machines if domains is None or p.domain in domains]
+
+    def over_ssh(m: Any) -> str:
+        # The command is built once connected: it carries the host's time.
         m.wait_for_ssh(timeout=timeout,
                        command=lambda: f"date -u -s @{time.time():.3f} >/dev/null")
+        return "ssh"
 
-    if domains is None:
-        lab.on_all(fix)
-    else:
-        lab.on_all(fix, [lab.machine(p.name) for p in lab.plan.machines if p.domain in domains])
+    with agent.agents(lab.plan, targets) as found:
+        def fix(m: Any) -> str:
+            guest = found[m.name]
+            if guest is None:
+                return over_ssh(m)
+            try:
+                guest.wait(min(AGENT_WAIT, timeout))
+                guest.set_clock()
+                return "agent"
+            except agent.AgentUnavailable as exc:
+                log.warning("%s; setting its clock over SSH instead", exc)
+                return over_ssh(m)
+
+        return lab.on_all(fix, [lab.machine(name) for name in targets])
+
+
+def _how_reached(reached: dict[str, str]) -> str:
+    ssh = sorted(m for m, how in reached.items() if how == "ssh")
+    if not ssh:
+        return "their guest agents"
+    return f"SSH for {', '.join(ssh)}" + (", guest agents for the others"
+                                            if len(ssh) < len(reached) else "")
 
 
 def delete(lab: Lab, name: str) -> None:

@@ -1,17 +1,23 @@
-"""The health check's reading of what it sees: each problem a restore can cause is named.
-Stand-ins play the master, the nodes and RAPI here; a real restore runs it before every
-`lab_reset` test (tests/test_ganeti_clusters.py, scenarios/)."""
+"""The health check's reading of what it sees: each problem a restore can cause is named, the
+same whether the nodes are looked at through their guest agents or over SSH (a lab whose
+domains have no agent channel). Stand-ins play the master, the nodes, their agents and RAPI
+here; a real restore runs the check before every `lab_reset` test
+(tests/test_ganeti_clusters.py, scenarios/)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from lab.agent import Ran
 from lab.ganeti import health, upgrade
 from lab.ganeti.cluster import Cluster
+from lab.ganeti.nodes import SHARED_MOUNT
 from lab.ganeti.rapi import RapiError
 from lab.remote import Result
 
@@ -41,6 +47,40 @@ class Node:
         return Result(self.name, command, 0, out, "", 0.1)
 
 
+class Guest:
+    """A node's guest agent: what the node knows, read without SSH."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def clock_skew(self) -> float:
+        return self.node.skew
+
+    def read(self, path: str) -> bytes | None:
+        if path == "/proc/self/mounts":
+            shared = f"service.lab:/srv/ganeti-shared {SHARED_MOUNT} nfs4 rw 0 0\n"
+            return ("/dev/vda1 / ext4 rw 0 0\n" + (shared if self.node.mounted else "")
+                    ).encode()
+        if path == upgrade.INTENT:
+            return None if self.node.intent is None else self.node.intent.encode()
+        raise AssertionError(f"unexpected read of {path}")
+
+    def run(self, argv: list[str], timeout: float = 60.0) -> Ran:
+        return Ran(0, "\n".join(n for n in self.node.unreachable if n in argv[-1]), "")
+
+
+@pytest.fixture(autouse=True, params=["agent", "ssh"])
+def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs both ways: the nodes' guest agents, and SSH where there are none."""
+    @contextlib.contextmanager
+    def agents(plan: SimpleNamespace, names: list[str]) -> Iterator[dict[str, Guest | None]]:
+        yield {n: Guest(plan.stand_ins[n]) if request.param == "agent" else None
+               for n in names}
+
+    monkeypatch.setattr(health.agent, "agents", agents)
+    return str(request.param)
+
+
 class Rapi:
     def __init__(self, nodes: list[dict[str, Any]], jobs: list[dict[str, Any]],
                  down: bool = False) -> None:
@@ -51,7 +91,8 @@ class Rapi:
             raise RapiError("GET", "/version", None, "connection refused")
         return 2
 
-    def nodes(self, bulk: bool = True) -> list[dict[str, Any]]:
+    def query(self, resource: str, fields: list[str]) -> list[dict[str, Any]]:
+        assert resource == "node" and set(fields) <= {"name", "offline"}
         return self._nodes
 
     def jobs(self, bulk: bool = False) -> list[dict[str, Any]]:
@@ -60,6 +101,7 @@ class Rapi:
 
 def make_cluster(machines: dict[str, Node], rapi: Rapi) -> Cluster:
     lab = SimpleNamespace(
+        plan=SimpleNamespace(stand_ins=machines),
         machine=lambda short: machines[short],
         on_all=lambda fn, ms: {m.name: fn(m) for m in ms})
     plan = SimpleNamespace(name="c1", fqdn="c1.lab", ip="10.0.0.100", master=NODES[0],

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from lab import power, rest, snapshots, virt
+from lab import agent, power, rest, snapshots, virt
 from lab.lab import Lab
 from lab.leases import LeaseBook
 from lab.remote import Machine
@@ -54,6 +54,29 @@ def test_lab_network_names_and_storage(lab: Lab) -> None:
     assert "Packages" in lab.service.succeed("curl -sf http://127.0.0.1/ | head -c 2000")
 
 
+def _ssh_clock_skews(lab: Lab) -> dict[str, float]:
+    """Each guest's clock against the host's, read over SSH (the round trip bounds the error)."""
+    def skew(m: Machine) -> float:
+        m.succeed("true")  # connected first: a handshake after a restore takes seconds
+        before = time.time()
+        guest = float(m.succeed("date +%s.%N"))
+        return abs(guest - (before + time.time()) / 2)
+    return lab.on_all(skew)
+
+
+def test_every_machine_answers_through_its_guest_agent(lab: Lab) -> None:
+    with agent.agents(lab.plan) as found:
+        assert all(found.values()), f"machines without the agent's channel: {found}"
+        for name, guest in found.items():
+            assert guest is not None
+            ran = guest.run(["/bin/uname", "-n"])
+            assert ran.ok and ran.stdout.strip() == name
+            assert guest.read("/etc/hostname") == f"{name}\n".encode()
+            assert guest.read("/nonexistent/lab-file") is None
+            failed = guest.run(["/bin/sh", "-c", "echo oops >&2; exit 3"])
+            assert (failed.exit_code, failed.stderr) == (3, "oops\n")
+
+
 def test_snapshot_restore_undoes_changes_on_every_machine(lab: Lab) -> None:
     snap = snapshots.save(lab, "lifecycle-test")
     try:
@@ -63,11 +86,15 @@ def test_snapshot_restore_undoes_changes_on_every_machine(lab: Lab) -> None:
         # Where the restore's time went is measured, not assumed (the bench reads it).
         assert done.snapshot.name == snap.name
         assert done.revert_seconds > 0 and done.answer_seconds > 0
+        # Every machine answered and had its clock set through its guest agent, no SSH.
+        assert done.reached == {m.name: "agent" for m in lab.plan.machines}
         left = lab.on_all(lambda m: m.run("test -e /root/after-snapshot").ok)
         assert not any(left.values()), f"change survived the restore on {left}"
         # Clocks were resynchronised: the guests do not live in the snapshot's past.
-        skew = lab.on_all(lambda m: abs(float(m.succeed("date +%s.%N")) - time.time()))
-        assert max(skew.values()) < 10, skew
+        with agent.agents(lab.plan) as found:
+            exact = {n: abs(g.clock_skew()) for n, g in found.items() if g is not None}
+        assert max(exact.values()) < 1.0, exact
+        assert max(_ssh_clock_skews(lab).values()) < 2.0
     finally:
         snapshots.delete(lab, "lifecycle-test")
     assert "lifecycle-test" not in [s.name for s in snapshots.list_snapshots(lab)]
@@ -86,18 +113,19 @@ def test_a_lab_at_rest_wakes_at_its_state_without_a_boot(lab: Lab) -> None:
         rest.put_to_rest(lab)
         assert rest.at_rest(lab) == rest.AT_REST
         assert set(virt.domain_states(lab.plan).values()) == {"shut off"}  # memory freed
-        rest.wake(lab)
+        woke = rest.wake(lab)
     finally:
         LeaseBook().set_owner(lab.name, os.getpid())  # the session owns its lab again
     assert rest.at_rest(lab) is None
     assert set(virt.domain_states(lab.plan).values()) == {"running"}
+    # Machines started by libvirt from the snapshot answer through their agents too.
+    assert woke.reached == {m.name: "agent" for m in lab.plan.machines}
     # The same running systems, not a boot: same boot id, the marker written before is there.
     assert lab.on_all(lambda m: m.succeed("cat /proc/sys/kernel/random/boot_id").strip()) \
         == boot_ids
     assert set(lab.on_all(lambda m: m.succeed("cat /root/rest-marker").strip()).values()) \
         == {"before-rest"}
-    skew = lab.on_all(lambda m: abs(float(m.succeed("date +%s.%N")) - time.time()))
-    assert max(skew.values()) < 10, skew
+    assert max(_ssh_clock_skews(lab).values()) < 2.0
     lab.on_all(lambda m: m.succeed("rm /root/rest-marker"))
     snapshots.delete(lab, rest.AT_REST)
 

@@ -179,7 +179,7 @@ def lab_section(topo: topology.Topology, store: ImageStore, timings: Timings
         "bootstrap_one_cluster_seconds = ensure_layout of the default layout: saves the "
         "'booted' snapshot, forms the clusters (init, node adds, RAPI, verify) and saves the "
         "layout snapshot. per_test_reset_seconds = snapshots.restore of the layout snapshot "
-        "until every machine answers SSH and each cluster's RAPI answers "
+        "until every machine answers (its guest agent) and each cluster's RAPI answers "
         f"(median of {RESET_SAMPLES}); restore_to_healthy_seconds adds the health check "
         "(lab/ganeti/health.py) instead; restore_to_verified_cluster_seconds adds "
         "gnt-cluster verify. state_cache_store_seconds = the layout's state stored in a "

@@ -20,6 +20,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from lab import agent
+from lab.agent import AgentUnavailable, GuestAgent
 from lab.errors import GanetiFailure
 from lab.ganeti import upgrade
 from lab.ganeti.cluster import Cluster
@@ -28,8 +30,9 @@ from lab.ganeti.rapi import RapiError
 from lab.remote import Machine
 from lab.waiting import WaitTimeout, wait_for
 
-MAX_SKEW = 5.0  # seconds; SSH under emulation adds up to about a second
+MAX_SKEW = 5.0  # seconds
 NODED_PORT = 1811
+PROBE_TIMEOUT = 20  # seconds for every node daemon probe from the master
 UNFINISHED_JOBS = ("queued", "waiting", "running", "canceling")
 
 
@@ -49,14 +52,18 @@ class Health:
 
 
 def check(cluster: Cluster) -> Health:
-    """One look at the cluster; every problem found, not only the first."""
+    """One look at the cluster; every problem found, not only the first. The nodes are looked
+    at through their guest agents (no SSH handshake, seconds each right after a restore under
+    emulation: lab/agent.py), over SSH where a machine has none."""
     started = time.monotonic()
-    # The three looks at once: each waits on a different daemon or machine (RAPI and luxid,
-    # the master's shell, every node's shell), seconds apiece under emulation.
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    # The looks at once: each waits on a different daemon or machine (RAPI and luxid, the
+    # master, every node), seconds apiece under emulation.
+    with agent.agents(cluster.lab.plan, [m.name for m in cluster.nodes]) as agents, \
+            ThreadPoolExecutor(max_workers=2) as pool:
         master_view = pool.submit(_master_view, cluster)
-        reachable = pool.submit(_nodes_reachable, cluster)
-        node_views = cluster.lab.on_all(lambda m: _node_view(cluster, m), cluster.nodes)
+        reachable = pool.submit(_nodes_reachable, cluster, agents[cluster.master.name])
+        node_views = cluster.lab.on_all(
+            lambda m: _node_view(cluster, _facts(cluster, m, agents[m.name])), cluster.nodes)
     problems = master_view.result() + reachable.result()
     for node, found in node_views.items():
         problems += [f"{node}: {p}" for p in found]
@@ -89,7 +96,7 @@ def ensure_healthy(cluster: Cluster, timeout: float = 60.0) -> Health:
 def _master_view(cluster: Cluster) -> list[str]:
     try:
         cluster.rapi.version()
-        nodes = {n["name"]: n for n in cluster.rapi.nodes(bulk=True)}
+        nodes = {n["name"]: n for n in cluster.rapi.query("node", ["name", "offline"])}
         jobs = cluster.rapi.jobs(bulk=True)
     except RapiError as exc:
         return [f"RAPI at {cluster.plan.ip}: {exc.message}"]
@@ -103,39 +110,72 @@ def _master_view(cluster: Cluster) -> list[str]:
     return problems
 
 
-def _nodes_reachable(cluster: Cluster) -> list[str]:
+def _nodes_reachable(cluster: Cluster, guest: GuestAgent | None) -> list[str]:
     master = cluster.master_name
     others = [n for n in cluster.plan.nodes if n != master]
     if not others:
         return []
-    probe = "; ".join(
-        f"timeout 5 bash -c '</dev/tcp/'{shlex.quote(n)}'/{NODED_PORT}' 2>/dev/null "
-        f"|| echo {shlex.quote(n)}" for n in others)
-    result = cluster.master.run(probe, timeout=60)
-    if result.exit_status is None:
-        return [f"{master}: reaching the other nodes' daemons timed out"]
+    # One shell for every probe (each program started costs under emulation), the whole
+    # bounded: a node that is down fails its connect within seconds (no ARP answer).
+    each = (f"for n in {' '.join(shlex.quote(n) for n in others)}; do "
+            f"(exec 3<>/dev/tcp/$n/{NODED_PORT}) 2>/dev/null || echo $n; done")
+    probe = ["/usr/bin/timeout", str(PROBE_TIMEOUT), "bash", "-c", each]
+    timed_out = [f"{master}: reaching the other nodes' daemons took over {PROBE_TIMEOUT} s"]
+    if guest is not None:
+        try:
+            ran = guest.run(probe, timeout=PROBE_TIMEOUT + 30)
+        except AgentUnavailable as exc:
+            return [f"{master}: {exc}"]
+        exit_code, unreachable = ran.exit_code, ran.stdout
+    else:
+        result = cluster.master.run(shlex.join(probe), timeout=PROBE_TIMEOUT + 30)
+        exit_code, unreachable = result.exit_status, result.stdout
+    if exit_code != 0:  # 124: timeout stopped the probes
+        return timed_out
     return [f"{node}: node daemon unreachable from the master {master}"
-            for node in result.stdout.split()]
+            for node in unreachable.split()]
 
 
-def _node_view(cluster: Cluster, m: Machine) -> list[str]:
+@dataclass(frozen=True)
+class _NodeFacts:
+    skew: float           # the node's clock minus the host's, seconds
+    uncertainty: float    # how much of the skew the look itself may account for
+    mounted: bool | None  # the shared file storage (None: the cluster has none)
+    intent: bool          # an upgrade's intent file (the master only)
+
+
+def _facts(cluster: Cluster, m: Machine, guest: GuestAgent | None) -> _NodeFacts:
     shared = "sharedfile" in cluster.plan.disk_templates
-    mount = f"; mountpoint -q {SHARED_MOUNT} && echo mounted || echo unmounted" if shared else ""
     is_master = m.name == cluster.master.name
+    if guest is not None:
+        skew = guest.clock_skew()
+        mounts = guest.read("/proc/self/mounts") if shared else None
+        return _NodeFacts(
+            skew, 0.0,
+            SHARED_MOUNT in (line.split()[1] for line in mounts.decode().splitlines()
+                             if len(line.split()) > 1) if mounts is not None else None,
+            is_master and guest.read(upgrade.INTENT) is not None)
+    mount = f"; mountpoint -q {SHARED_MOUNT} && echo mounted || echo unmounted" if shared else ""
     intent = (f"; if test -e {upgrade.INTENT}; then echo half-done; fi" if is_master
               else "")
     before = time.time()
     out = m.succeed(f"date +%s.%N{mount}{intent}", timeout=30).split()
     after = time.time()
-    problems = []
-    if out[-1:] == ["half-done"]:
+    half_done = out[-1:] == ["half-done"]
+    if half_done:
         out.pop()
+    return _NodeFacts(float(out[0]) - (before + after) / 2, (after - before) / 2,
+                      out[1:] == ["mounted"] if shared else None, half_done)
+
+
+def _node_view(cluster: Cluster, facts: _NodeFacts) -> list[str]:
+    problems = []
+    if facts.intent:
         half_done = upgrade.pending(cluster)
         problems.append(f"an {half_done or 'upgrade'} is half-done ({upgrade.INTENT}); "
                         "`gnt-cluster upgrade --resume` on the master completes it")
-    skew = float(out[0]) - (before + after) / 2
-    if abs(skew) > MAX_SKEW + (after - before) / 2:
-        problems.append(f"clock {skew:+.1f} s off the host's")
-    if shared and out[1:] != ["mounted"]:
+    if abs(facts.skew) > MAX_SKEW + facts.uncertainty:
+        problems.append(f"clock {facts.skew:+.1f} s off the host's")
+    if facts.mounted is False:
         problems.append(f"{SHARED_MOUNT} is not mounted")
     return problems
