@@ -148,13 +148,15 @@ def _facts(cluster: Cluster, m: Machine, guest: GuestAgent | None) -> _NodeFacts
     shared = "sharedfile" in cluster.plan.disk_templates
     is_master = m.name == cluster.master.name
     if guest is not None:
+        # The agent's clock read takes milliseconds: no uncertainty worth adding.
         skew = guest.clock_skew()
-        mounts = guest.read("/proc/self/mounts") if shared else None
-        return _NodeFacts(
-            skew, 0.0,
-            SHARED_MOUNT in (line.split()[1] for line in mounts.decode().splitlines()
-                             if len(line.split()) > 1) if mounts is not None else None,
-            is_master and guest.read(upgrade.INTENT) is not None)
+        mounted = None
+        if shared:
+            mounts = (guest.read("/proc/self/mounts") or b"").decode().splitlines()
+            mounted = SHARED_MOUNT in [fields[1] for line in mounts
+                                       if len(fields := line.split()) > 1]
+        return _NodeFacts(skew, 0.0, mounted,
+                          is_master and guest.read(upgrade.INTENT) is not None)
     mount = f"; mountpoint -q {SHARED_MOUNT} && echo mounted || echo unmounted" if shared else ""
     intent = (f"; if test -e {upgrade.INTENT}; then echo half-done; fi" if is_master
               else "")
