@@ -17,10 +17,10 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import shlex
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree
 
@@ -29,6 +29,7 @@ import libvirt_qemu
 
 from lab import virt
 from lab.errors import HarnessError, LabError
+from lab.remote import Result
 from lab.spec import LabPlan
 from lab.waiting import WaitTimeout, wait_for
 
@@ -41,17 +42,6 @@ _READ_CHUNK = 1 << 16
 
 class AgentUnavailable(HarnessError):
     """The machine's guest agent did not answer, or the domain has no agent channel."""
-
-
-@dataclass(frozen=True)
-class Ran:
-    exit_code: int
-    stdout: str
-    stderr: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
 
 
 def has_channel(dom: libvirt.virDomain) -> bool:
@@ -124,17 +114,20 @@ class GuestAgent:
                                    f"after {tries} corrections")
         return skew
 
-    def run(self, argv: list[str], timeout: float = 60.0) -> Ran:
-        """Run a program (no shell unless ``argv`` names one) and wait for it."""
+    def run(self, argv: list[str], timeout: float = 60.0) -> Result:
+        """Run a program (no shell unless ``argv`` names one) and wait for it: the same
+        result as a command over SSH."""
+        started = time.monotonic()
         pid = self._call("guest-exec", path=argv[0], arg=argv[1:],
                          **{"capture-output": True})["pid"]
-        deadline = time.monotonic() + timeout
+        deadline = started + timeout
         pause = 0.02
         while True:
             status = self._call("guest-exec-status", pid=pid)
             if status.get("exited"):
-                return Ran(status.get("exitcode", -1), _decoded(status, "out-data"),
-                           _decoded(status, "err-data"))
+                return Result(self.machine, shlex.join(argv), status.get("exitcode", -1),
+                              _decoded(status, "out-data"), _decoded(status, "err-data"),
+                              time.monotonic() - started)
             if time.monotonic() > deadline:
                 raise AgentUnavailable(f"{self.machine}: `{' '.join(argv)}` through the guest "
                                        f"agent did not end within {timeout:.0f} s")

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from lab.agent import Ran
 from lab.ganeti import health, upgrade
 from lab.ganeti.cluster import Cluster
 from lab.ganeti.nodes import SHARED_MOUNT
@@ -65,8 +64,9 @@ class Guest:
             return None if self.node.intent is None else self.node.intent.encode()
         raise AssertionError(f"unexpected read of {path}")
 
-    def run(self, argv: list[str], timeout: float = 60.0) -> Ran:
-        return Ran(0, "\n".join(n for n in self.node.unreachable if n in argv[-1]), "")
+    def run(self, argv: list[str], timeout: float = 60.0) -> Result:
+        return Result(self.node.name, " ".join(argv), 0,
+                      "\n".join(n for n in self.node.unreachable if n in argv[-1]), "", 0.1)
 
 
 @pytest.fixture(autouse=True, params=["agent", "ssh"])

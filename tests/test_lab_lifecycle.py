@@ -74,7 +74,7 @@ def test_every_machine_answers_through_its_guest_agent(lab: Lab) -> None:
             assert guest.read("/etc/hostname") == f"{name}\n".encode()
             assert guest.read("/nonexistent/lab-file") is None
             failed = guest.run(["/bin/sh", "-c", "echo oops >&2; exit 3"])
-            assert (failed.exit_code, failed.stderr) == (3, "oops\n")
+            assert (failed.exit_status, failed.stderr) == (3, "oops\n")
 
 
 def test_snapshot_restore_undoes_changes_on_every_machine(lab: Lab) -> None:

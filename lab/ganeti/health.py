@@ -120,20 +120,17 @@ def _nodes_reachable(cluster: Cluster, guest: GuestAgent | None) -> list[str]:
     each = (f"for n in {' '.join(shlex.quote(n) for n in others)}; do "
             f"(exec 3<>/dev/tcp/$n/{NODED_PORT}) 2>/dev/null || echo $n; done")
     probe = ["/usr/bin/timeout", str(PROBE_TIMEOUT), "bash", "-c", each]
-    timed_out = [f"{master}: reaching the other nodes' daemons took over {PROBE_TIMEOUT} s"]
     if guest is not None:
         try:
-            ran = guest.run(probe, timeout=PROBE_TIMEOUT + 30)
+            result = guest.run(probe, timeout=PROBE_TIMEOUT + 30)
         except AgentUnavailable as exc:
             return [f"{master}: {exc}"]
-        exit_code, unreachable = ran.exit_code, ran.stdout
     else:
         result = cluster.master.run(shlex.join(probe), timeout=PROBE_TIMEOUT + 30)
-        exit_code, unreachable = result.exit_status, result.stdout
-    if exit_code != 0:  # 124: timeout stopped the probes
-        return timed_out
+    if not result.ok:  # 124: timeout stopped the probes (None: the SSH command timed out)
+        return [f"{master}: reaching the other nodes' daemons took over {PROBE_TIMEOUT} s"]
     return [f"{node}: node daemon unreachable from the master {master}"
-            for node in unreachable.split()]
+            for node in result.stdout.split()]
 
 
 @dataclass(frozen=True)
