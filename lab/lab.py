@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import psutil
 import vagrant
 
-from lab import accel, hostkeys, paths, virt
+from lab import accel, bootprofile, hostkeys, paths, virt
 from lab.errors import HarnessError, LabError, raise_failures
 from lab.images import ImageStore
 from lab.images.local_debs import LocalDebs, record_in_lab
@@ -259,11 +259,16 @@ class Lab:
                 with steps.step("libvirt networks"):
                     virt.ensure_default_pool()
                     virt.ensure_networks(self.plan)
+                boot_began = time.monotonic()
                 with steps.step(f"boot {len(self.plan.machines)} machines (vagrant up, "
                                 f"{self.plan.driver})"):
                     self._vagrant_up()
                 with steps.step("SSH on every machine"):
                     self.on_all(lambda m: m.wait_for_ssh(timeout=600))
+                    profiles = self.on_all(lambda m: bootprofile.read(m, boot_began))
+                    bootprofile.record(list(profiles.values()),
+                                       steps.timings.current if steps.timings else None,
+                                       self.name)
                 if then is not None:
                     label, step = then
                     with steps.step(label):

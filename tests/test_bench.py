@@ -88,8 +88,19 @@ def test_bootstrap_breakdown_reads_init_node_adds_and_verify() -> None:
         _phase("cluster1: prepare 3 nodes", 2.0),
         _phase("cluster1: gnt-cluster init", 45.4242),
         _phase("cluster1: gnt-node add node2.lab", 58.2),
+        _phase("cluster1: gnt-node add node2.lab: before Ganeti received its first job", 33.1),
+        _phase("cluster1: gnt-node add node2.lab: Ganeti job 3 (NODE_ADD(node2.lab)) queued",
+               2.5),
+        _phase("cluster1: gnt-node add node2.lab: Ganeti job 3 (NODE_ADD(node2.lab)) ran",
+               23.6),
         _phase("cluster1: gnt-node add node3.lab", 57.1),
         _phase("cluster1: gnt-cluster verify", 12.5),
+        _phase("cluster1: gnt-cluster verify: before Ganeti received its first job", 8.0),
+        _phase("cluster1: gnt-cluster verify: Ganeti job 6 (CLUSTER_VERIFY) queued", 4.0),
+        _phase("cluster1: gnt-cluster verify: Ganeti job 6 (CLUSTER_VERIFY) ran", 7.7),
+        _phase("cluster1: gnt-cluster verify: Ganeti job 8 (CLUSTER_VERIFY_GROUP(g)) queued",
+               15.0),
+        _phase("cluster1: gnt-cluster verify: Ganeti job 8 (CLUSTER_VERIFY_GROUP(g)) ran", 36.7),
         _phase("other: gnt-cluster init", 1.0),
         _phase("cluster1", 180.0),
     ]
@@ -98,9 +109,14 @@ def test_bootstrap_breakdown_reads_init_node_adds_and_verify() -> None:
     c1 = out["clusters"]["cluster1"]
     assert c1 == {"init_seconds": 45.424,
                   "node_add_seconds": {"node2.lab": 58.2, "node3.lab": 57.1},
-                  "verify_seconds": 12.5}
+                  "verify_seconds": 12.5,
+                  "ganeti_jobs": {
+                      "node2.lab": {"before_first_job_seconds": 33.1,
+                                    "jobs_queued_seconds": 2.5, "jobs_ran_seconds": 23.6},
+                      "verify": {"before_first_job_seconds": 8.0,
+                                 "jobs_queued_seconds": 19.0, "jobs_ran_seconds": 44.4}}}
     assert out["clusters"]["absent"] == {"init_seconds": None, "node_add_seconds": {},
-                                         "verify_seconds": None}
+                                         "verify_seconds": None, "ganeti_jobs": {}}
     json.dumps(out)
 
 
@@ -792,3 +808,18 @@ def test_a_run_is_compared_with_the_newest_committed_document(
     reset = against["figures"]["per-test reset (median)"]
     assert reset["ours_seconds"] == doc["lab"]["per_test_reset_seconds"]
     assert reset["reference_over_ours"] > 0 and reset["goal_seconds"] == 5.0
+
+
+def test_the_bootstrap_row_splits_node_adds_into_client_and_job() -> None:
+    from lab.bench.summary import _cluster_parts
+
+    split = {"node2.lab": {"before_first_job_seconds": 33.1, "jobs_queued_seconds": 2.5,
+                           "jobs_ran_seconds": 23.6},
+             "node3.lab": {"before_first_job_seconds": 52.4, "jobs_queued_seconds": 3.9,
+                           "jobs_ran_seconds": 49.1}}
+    cluster = {"init_seconds": 65.7, "verify_seconds": 68.8,
+               "node_add_seconds": {"node2.lab": 62.3, "node3.lab": 89.2}}
+    assert _cluster_parts({"clusters": {"c1": cluster}}) == \
+        " (init 66, node adds 62-89 each, verify 69)"
+    assert _cluster_parts({"clusters": {"c1": {**cluster, "ganeti_jobs": split}}}) == \
+        " (init 66, node adds 62-89 (client 33-52, Ganeti's job 24-49) each, verify 69)"

@@ -28,7 +28,13 @@ from lab.bringup import settle
 from lab.errors import LabError
 from lab.ganeti.bootstrap import form_layout
 from lab.images import ImageStore
-from lab.images.builder import ROOT_DISK_GIB, _chroot, _chroot_mounts, _take_boot_files
+from lab.images.builder import (
+    ROOT_DISK_GIB,
+    _chroot,
+    _chroot_mounts,
+    _take_boot_files,
+    extra_releases,
+)
 from lab.images.recipe import recipe_dir, recipes
 from lab.images.store import Image, register_box
 from lab.lab import Lab, vagrantfile_dir
@@ -130,9 +136,11 @@ def _make_baseline_inputs(store: ImageStore, base_key: str, hv_key: str,
             resolv = root / "etc" / "resolv.conf"
             resolv.unlink(missing_ok=True)
             shutil.copy("/etc/resolv.conf", resolv)
-            _chroot(root, "apt-get", "update", "-qq", where=where)
-            _chroot(root, "apt-get", "install", "--download-only", "-y", "-q", *packages,
-                    where=where)
+            # The same releases the image build enables (bookworm-backports for Ganeti 3.1).
+            with extra_releases(root, packages):
+                _chroot(root, "apt-get", "update", "-qq", where=where)
+                _chroot(root, "apt-get", "install", "--download-only", "-y", "-q", *packages,
+                        where=where)
         debs = sorted((root / ARCHIVES.lstrip("/")).glob("*.deb"))
         if not debs:
             raise LabError("apt downloaded no .deb for the hypervisor packages",

@@ -65,18 +65,42 @@ def median(samples: list[float]) -> float:
 
 def bootstrap_breakdown(phases: list[dict[str, Any]], clusters: Iterable[str]
                         ) -> dict[str, Any]:
-    """Per-phase seconds of a bootstrap, and per cluster: init, each node add, verify."""
+    """Per-phase seconds of a bootstrap, and per cluster: init, each node add, verify, and
+    each of those split into its client's work and Ganeti's jobs (``ganeti_jobs``)."""
     seconds = {p["name"]: _r(p["seconds"]) for p in phases}
     result: dict[str, Any] = {"phases": seconds, "clusters": {}}
     for name in clusters:
         prefix = f"{name}: gnt-node add "
+        adds = {p: s for p, s in seconds.items() if p.startswith(prefix) and ": " not in
+                p[len(prefix):]}
+        steps = {"init": f"{name}: gnt-cluster init",
+                 **{p[len(prefix):]: p for p in adds},
+                 "verify": f"{name}: gnt-cluster verify"}
         result["clusters"][name] = {
-            "init_seconds": seconds.get(f"{name}: gnt-cluster init"),
-            "node_add_seconds": {p[len(prefix):]: s for p, s in seconds.items()
-                                 if p.startswith(prefix)},
-            "verify_seconds": seconds.get(f"{name}: gnt-cluster verify"),
+            "init_seconds": seconds.get(steps["init"]),
+            "node_add_seconds": {p[len(prefix):]: s for p, s in adds.items()},
+            "verify_seconds": seconds.get(steps["verify"]),
+            "ganeti_jobs": {label: split for label, step in steps.items()
+                            if (split := _job_split(seconds, step)) is not None},
         }
     return result
+
+
+def _job_split(seconds: dict[str, float], step: str) -> dict[str, float] | None:
+    """A step's time as the bootstrap recorded it (lab/ganeti/jobs.py
+    record_jobs_of_phases): the client's work before Ganeti received its first job, and the
+    seconds its jobs queued and ran. None for a step without that record."""
+    before = seconds.get(f"{step}: before Ganeti received its first job")
+    if before is None:
+        return None
+    jobs = f"{step}: Ganeti job "
+
+    def total(kind: str) -> float:
+        return _r(sum(s for p, s in seconds.items()
+                      if p.startswith(jobs) and p.endswith(f") {kind}")))
+
+    return {"before_first_job_seconds": before, "jobs_queued_seconds": total("queued"),
+            "jobs_ran_seconds": total("ran")}
 
 
 def _bootstrap_figures(timings: Timings, since: int, lab: Lab, layout: str) -> dict[str, Any]:

@@ -43,9 +43,20 @@ def _cluster_parts(bootstrap: dict[str, Any] | None) -> str:
         return ""
     first = next(iter(clusters.values()))
     adds = [v for v in (first.get("node_add_seconds") or {}).values() if v is not None]
-    add = f"{min(adds):.0f}-{max(adds):.0f}" if adds else "-"
+    add = _span(adds)
+    split = [first.get("ganeti_jobs", {}).get(node) for node in first.get("node_add_seconds")
+             or {}]
+    if split and all(split):
+        add += (f" (client {_span([s['before_first_job_seconds'] for s in split])},"
+                f" Ganeti's job {_span([s['jobs_ran_seconds'] for s in split])})")
     init, verify = (_fmt(first.get(k), 0) or "-" for k in ("init_seconds", "verify_seconds"))
     return f" (init {init}, node adds {add} each, verify {verify})"
+
+
+def _span(values: list[Any]) -> str:
+    """'33-52' seconds, or '-' without figures."""
+    numbers = [v for v in values if isinstance(v, int | float)]
+    return f"{min(numbers):.0f}-{max(numbers):.0f}" if numbers else "-"
 
 
 def _scaling_figure(entry: dict[str, Any], key: str) -> str:

@@ -170,7 +170,7 @@ def format_op_error(result: Any) -> str:
     return f"{text} ({', '.join(rest)})" if rest else text
 
 
-def _ts(value: Any) -> float | None:
+def job_timestamp(value: Any) -> float | None:
     """Ganeti timestamps are ``[secs, usecs]``."""
     if isinstance(value, list | tuple) and len(value) == 2:
         return value[0] + value[1] / 1e6
@@ -183,7 +183,7 @@ def _oplog_tail(oplog: Any, count: int = _LOG_TAIL) -> list[str]:
     for op_entries in oplog or []:
         for entry in op_entries or []:
             if isinstance(entry, list) and len(entry) >= 4:
-                stamp = _ts(entry[1])
+                stamp = job_timestamp(entry[1])
                 when = time.strftime("%H:%M:%S", time.gmtime(stamp)) if stamp else "--:--:--"
                 lines.append(f"{when} {entry[3]}")
             else:
@@ -209,7 +209,8 @@ class Job:
         info = self.client.job_status(self.id)
         self.last_status = info.get("status")
         self.summary = list(info.get("summary") or self.summary)
-        start, end, received = (_ts(info.get(k)) for k in ("start_ts", "end_ts", "received_ts"))
+        start, end, received = (job_timestamp(info.get(k))
+                                for k in ("start_ts", "end_ts", "received_ts"))
         if start is not None and end is not None:
             self.run_seconds = end - start
         if start is not None and received is not None:

@@ -183,7 +183,7 @@ def _build_role(
             resolv.unlink(missing_ok=True)
             shutil.copy("/etc/resolv.conf", resolv)
             with steps.step(f"{recipe.name}: install {len(recipe.packages)} packages"), \
-                    _extra_releases(root, recipe.packages):
+                    extra_releases(root, recipe.packages):
                 _chroot(root, "apt-get", "update", "-qq", where=where)
                 _chroot(root, "apt-get", "install", "-y", "-q", *DPKG_OPTS, *recipe.packages,
                         where=where)
@@ -244,7 +244,7 @@ def _layer_local_debs(root: Path, debs: LocalDebs, steps: Steps, where: str) -> 
 
 
 @contextlib.contextmanager
-def _extra_releases(root: Path, packages: tuple[str, ...]) -> Iterator[None]:
+def extra_releases(root: Path, packages: tuple[str, ...]) -> Iterator[None]:
     """Debian releases besides the suite that ``<package>/<release>`` entries ask for
     (bookworm-backports for Ganeti 3.1): enabled for the install only, so the image keeps no
     source it could not reach at run time."""
