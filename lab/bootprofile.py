@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from lab.lab import Lab
     from lab.remote import Machine
-    from lab.timings import Phase
+    from lab.timings import Phase, Timings
 
 log = logging.getLogger("lab.bootprofile")
 
@@ -97,3 +98,11 @@ def record(profiles: list[BootProfile | None], phase: Phase | None, lab_name: st
         for key, value in p.metrics().items():
             if value is not None:
                 phase.metric(key, value)
+
+
+def take(lab: Lab, boot_began: float, timings: Timings | None) -> None:
+    """Read every machine's profile at once and record it on the calling context's phase
+    (the bring-up's "SSH on every machine" step)."""
+    profiles = lab.on_all(lambda m: read(m, boot_began))
+    record(list(profiles.values()), timings.current() if timings is not None else None,
+           lab.name)

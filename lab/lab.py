@@ -265,10 +265,7 @@ class Lab:
                     self._vagrant_up()
                 with steps.step("SSH on every machine"):
                     self.on_all(lambda m: m.wait_for_ssh(timeout=600))
-                    profiles = self.on_all(lambda m: bootprofile.read(m, boot_began))
-                    bootprofile.record(list(profiles.values()),
-                                       steps.timings.current if steps.timings else None,
-                                       self.name)
+                    bootprofile.take(self, boot_began, steps.timings)
                 if then is not None:
                     label, step = then
                     with steps.step(label):

@@ -59,3 +59,31 @@ def test_a_machine_that_cannot_say_is_logged_and_left_out(
     assert metrics["node1.sshd_after_s"] == 4.0
     assert "node1.multi_user_after_s" not in metrics
     assert not [k for k in metrics if k.startswith("node2")]
+
+
+class _Lab:
+    """What ``take`` uses of a Lab: its name and running a function on every machine."""
+    name = "x"
+
+    def __init__(self, machines: list[_Answers]) -> None:
+        self.machines = machines
+
+    def on_all(self, fn):  # type: ignore[no-untyped-def]
+        return {m.name: fn(m) for m in self.machines}
+
+
+def test_the_bring_up_step_records_every_machine_on_its_phase(tmp_path) -> None:
+    from lab.progress import Steps
+
+    timings = Timings(tmp_path / "r", "r", host={}, meta={})
+    steps = Steps("lab x", timings, quiet=True)
+    lab = _Lab([_Answers("service", "3.0\n2000000\n2500000\n"),
+                _Answers("node1", OSError("gone"))])
+    with steps.step("SSH on every machine"):
+        bootprofile.take(lab, 0.0, steps.timings)  # type: ignore[arg-type]
+    (phase,) = timings.phases
+    assert phase["outcome"] == "passed"
+    assert phase["metrics"]["service.sshd_after_s"] == 2.0
+    assert phase["metrics"]["service.multi_user_after_s"] == 2.5
+    assert not [k for k in phase["metrics"] if k.startswith("node1")]
+    bootprofile.take(lab, 0.0, None)  # a bring-up without a timings record

@@ -281,11 +281,12 @@ def _record_ganeti_jobs(cluster: Cluster, timings: Timings, steps: list[Phase]) 
     measurement, so a RAPI failure here is logged and the bootstrap stands."""
     try:
         jobs = cluster.rapi.jobs(bulk=True)
-    except RapiError as exc:
-        log.warning("%s: the bootstrap's Ganeti jobs could not be read for the timings "
-                    "record: %s", cluster.plan.fqdn, str(exc).splitlines()[0])
+        placed = record_jobs_of_phases(timings, [j for j in jobs if isinstance(j, dict)],
+                                       steps)
+    except Exception as exc:
+        log.warning("%s: the bootstrap's Ganeti jobs could not be recorded in the timings: "
+                    "%s", cluster.plan.fqdn, (str(exc).splitlines() or [type(exc).__name__])[0])
         return
-    placed = record_jobs_of_phases(timings, [j for j in jobs if isinstance(j, dict)], steps)
     log.info("%s: %d Ganeti jobs of the bootstrap recorded in the timings", cluster.plan.fqdn,
              placed)
 
