@@ -162,8 +162,8 @@ def _make_baseline_inputs(store: ImageStore, base_key: str, hv_key: str,
 
 def _use_box(lab: Lab, box: str, directory: Path) -> None:
     """Boot the lab's hypervisors from ``box`` (with its own kernel and initrd)."""
-    kernel = virt.ensure_boot_file(str(directory / "vmlinuz"), f"{box}-vmlinuz")
-    initrd = virt.ensure_boot_file(str(directory / "initrd.img"), f"{box}-initrd")
+    kernel = virt.ensure_pool_volume(directory / "vmlinuz", f"{box}-vmlinuz")
+    initrd = virt.ensure_pool_volume(directory / "initrd.img", f"{box}-initrd")
     for i, m in enumerate(lab.plan.machines):
         if m.role == "hypervisor":
             lab.plan.machines[i] = dataclasses.replace(m, box=box, kernel=kernel, initrd=initrd)
