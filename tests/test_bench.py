@@ -23,7 +23,7 @@ BIG_HOST = 1_000_000  # MiB: only the memory test sees the host check
 
 def _args(**flags: bool) -> argparse.Namespace:
     values = {"output": None, "smallest": False, "skip_cold_build": False,
-              "skip_baseline": False, "skip_scaling": False}
+              "skip_lab": False, "skip_baseline": False, "skip_scaling": False}
     values.update(flags)
     return argparse.Namespace(**values)
 
@@ -448,9 +448,10 @@ def test_run_bench_assembles_every_section_with_fakes(faked: dict[str, list[str]
     assert base["method"] == bench.BASELINE_METHOD
     assert list(base["provision"]) == ["node1", "node2", "node3", "node4"]
     assert base["provision"]["node1"]["ganeti_version"] == "3.0.2-3"
-    # Each hypervisor: unpack the .debs, install them, run the setup script, read the
-    # version: four faked commands.
-    provision = 4 * 4 * COMMAND
+    # Each hypervisor: unpack the .debs, install them, make the recipe's directory (its
+    # script and files, as the image build has them), run the script, read the version: five
+    # faked commands.
+    provision = 4 * 5 * COMMAND
     assert {k: base[k] for k in ("prepare_seconds", "vagrant_up_seconds", "provision_seconds",
                                  "settle_seconds", "bootstrap_seconds", "total_seconds")} == {
         "prepare_seconds": PREPARE, "vagrant_up_seconds": BOOT, "provision_seconds": provision,
@@ -823,3 +824,15 @@ def test_the_bootstrap_row_splits_node_adds_into_client_and_job() -> None:
         " (init 66, node adds 62-89 each, verify 69)"
     assert _cluster_parts({"clusters": {"c1": {**cluster, "ganeti_jobs": split}}}) == \
         " (init 66, node adds 62-89 (client 33-52, Ganeti's job 24-49) each, verify 69)"
+
+
+def test_the_baseline_can_run_without_the_lab_section(faked: dict[str, list[str]]) -> None:
+    from lab.bench.summary import rows
+
+    doc = bench.run_bench(_args(skip_cold_build=True, skip_lab=True, skip_scaling=True))
+    assert doc["lab"] == {"skipped": True, "reason": "--skip-lab"}
+    assert doc["settings"]["skip_lab"] is True
+    assert doc["baseline"]["total_seconds"] > 0, doc["baseline"].get("error")
+    assert _FakeLab.made == [bench.BASELINE_NAME]
+    cold_start = [v for k, v in rows(doc) if k.startswith("lab cold start to SSH")]
+    assert cold_start == ["skipped: --skip-lab"]

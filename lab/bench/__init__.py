@@ -124,7 +124,8 @@ def run_bench(args: Any) -> dict[str, Any]:
         "run_id": run_id,
         "started": iso(started_at),
         "settings": {k: _flag(args, k) for k in
-                     ("smallest", "skip_cold_build", "skip_baseline", "skip_scaling")},
+                     ("smallest", "skip_cold_build", "skip_lab", "skip_baseline",
+                      "skip_scaling")},
     }
     try:
         # Off: the bench times the real boot and bootstrap (its cache figures use a cache of
@@ -157,7 +158,9 @@ def _run_sections(args: Any, doc: dict[str, Any], timings: Timings) -> None:
         doc["lab"] = {"error": _error(exc)}
     if topo is not None:
         lab_topo = topo
-        doc["lab"] = _guarded("lab", lambda: lab_section(lab_topo, store, timings))
+        # Unlike the other sections, --smallest keeps the lab's: on a tiny lab.
+        doc["lab"] = ({"skipped": True, "reason": "--skip-lab"} if _flag(args, "skip_lab")
+                      else _guarded("lab", lambda: lab_section(lab_topo, store, timings)))
         doc["baseline"] = _guarded(
             "baseline", lambda: baseline_section(args, lab_topo, store, timings))
     else:

@@ -47,6 +47,7 @@ log = logging.getLogger("lab.bench")
 DEBS_TAR = "debs.tar"
 REMOTE_DEBS_TAR = "/root/lab-baseline-debs.tar"
 ARCHIVES = "/var/cache/apt/archives"
+RECIPE_DIR = "/tmp/lab-recipe"   # as in the image build (lab/images/builder.py)
 
 BASELINE_METHOD = (
     "The usual way, measured in this run on the same topology as `lab`: the hypervisors boot "
@@ -182,11 +183,14 @@ def _provision(m: Machine, directory: Path, manifest: dict[str, Any]) -> dict[st
         m.succeed("DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-download "
                   "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "
                   f"{files}", timeout=3600)
-    script = recipes()["hypervisor"].setup_script
+    recipe = recipes()["hypervisor"]
     with _timed(part, "configure_seconds"):
-        m.write_file(f"/tmp/{script}", (recipe_dir() / script).read_text(), 0o755)
-        m.succeed(f"sh /tmp/{script} && rm -f /tmp/{script} && systemctl start ganeti",
-                  timeout=600)
+        # The script and its files where the image build puts them (lab-os, ...).
+        m.succeed(f"mkdir -p {RECIPE_DIR}")
+        for name in (recipe.setup_script, *recipe.files):
+            m.write_file(f"{RECIPE_DIR}/{name}", (recipe_dir() / name).read_text(), 0o755)
+        m.succeed(f"sh {RECIPE_DIR}/{recipe.setup_script} && rm -rf {RECIPE_DIR} "
+                  "&& systemctl start ganeti", timeout=600)
     part["ganeti_version"] = m.succeed("dpkg-query -W -f '${Version}' ganeti").strip()
     return part
 

@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     help="smoke settings: tiny lab only, no scaling, no baseline")
     sp.add_argument("--skip-cold-build", action="store_true",
                     help="do not rebuild images from a cold cache")
+    sp.add_argument("--skip-lab", action="store_true",
+                    help="leave out the default lab's figures (cold start, bootstrap, resets, "
+                         "cache), e.g. to run the baseline alone")
     sp.add_argument("--skip-baseline", action="store_true")
     sp.add_argument("--skip-scaling", action="store_true")
     sp.add_argument("--against", metavar="FILE",
