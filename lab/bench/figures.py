@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from lab.ganeti.jobs import BEFORE_FIRST_JOB, JOB_RECORD
 from lab.lab import Lab
 from lab.timings import Timings
 
@@ -90,10 +91,10 @@ def _job_split(seconds: dict[str, float], step: str) -> dict[str, float] | None:
     """A step's time as the bootstrap recorded it (lab/ganeti/jobs.py
     record_jobs_of_phases): the client's work before Ganeti received its first job, and the
     seconds its jobs queued and ran. None for a step without that record."""
-    before = seconds.get(f"{step}: before Ganeti received its first job")
+    before = seconds.get(f"{step}: {BEFORE_FIRST_JOB}")
     if before is None:
         return None
-    jobs = f"{step}: Ganeti job "
+    jobs = f"{step}: {JOB_RECORD} "
 
     def total(kind: str) -> float:
         return _r(sum(s for p, s in seconds.items()

@@ -44,6 +44,10 @@ log = logging.getLogger("lab.ganeti.jobs")
 
 # The fields /2/jobs/ID/wait watches: a change of either wakes the waiter.
 WATCHED = ["status", "end_ts"]
+# Names of the children record_jobs_of_phases gives a step ("<step>: <BEFORE_FIRST_JOB>",
+# "<step>: <JOB_RECORD> <id> (<summary>) queued|ran"); the bench reads them back.
+BEFORE_FIRST_JOB = "before Ganeti received its first job"
+JOB_RECORD = "Ganeti job"
 
 
 @dataclass
@@ -257,10 +261,11 @@ def record_jobs_of_phases(timings: Timings, jobs: list[dict[str, Any]],
         phase = next((p for p, start, end in windows if start <= received <= end), None)
         if phase is None:
             continue
-        what = f"{phase.name}: Ganeti job {job.get('id')} ({', '.join(job.get('summary') or [])})"
+        what = (f"{phase.name}: {JOB_RECORD} {job.get('id')} "
+                f"({', '.join(job.get('summary') or [])})")
         if phase.id not in seen:
             seen.add(phase.id)
-            timings.record(f"{phase.name}: before Ganeti received its first job",
+            timings.record(f"{phase.name}: {BEFORE_FIRST_JOB}",
                            received - phase.start.timestamp(), parent=phase, start=phase.start)
         if started is not None:
             timings.record(f"{what} queued", max(0.0, started - received), parent=phase,
