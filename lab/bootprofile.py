@@ -42,12 +42,14 @@ class BootProfile:
     multi_user_after_s: float | None
     reached_after_s: float
 
-    def metrics(self) -> dict[str, float | None]:
-        return {f"{self.machine}.{key}": None if value is None else round(value, 1)
+    def metrics(self) -> dict[str, float]:
+        """The figures as phase metrics; a unit not started yet has none."""
+        return {f"{self.machine}.{key}": round(value, 1)
                 for key, value in (("kernel_after_s", self.kernel_after_s),
                                    ("sshd_after_s", self.sshd_after_s),
                                    ("multi_user_after_s", self.multi_user_after_s),
-                                   ("reached_after_s", self.reached_after_s))}
+                                   ("reached_after_s", self.reached_after_s))
+                if value is not None}
 
     def line(self) -> str:
         sshd = "not started" if self.sshd_after_s is None else f"+{self.sshd_after_s:.0f} s"
@@ -96,8 +98,7 @@ def record(profiles: list[BootProfile | None], phase: Phase | None, lab_name: st
         return
     for p in profiles:
         for key, value in p.metrics().items():
-            if value is not None:
-                phase.metric(key, value)
+            phase.metric(key, value)
 
 
 def take(lab: Lab, boot_began: float, timings: Timings | None) -> None:
